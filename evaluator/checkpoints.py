@@ -1,0 +1,119 @@
+"""The model directory's `checkpoint` state file: which checkpoints it lists, their names and steps.
+
+TensorFlow is imported only inside `read_state` (its parser), so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+
+from evaluator.errors import StateFileError, first_line
+
+#: The state file TensorFlow's Saver and CheckpointManager keep in the model directory.
+STATE_FILE = "checkpoint"
+#: The default name of EMA shadow variables: `<variable>/ExponentialMovingAverage`.
+EMA_NAME = "ExponentialMovingAverage"
+
+_STEP_SUFFIX = re.compile(r"-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint listed in the state file."""
+
+    #: The prefix relative to the model directory: the key of its row.
+    name: str
+    #: The absolute prefix to restore from.
+    path: str
+    #: The step in the name's `-N` suffix, if any (the restored `global_step` takes precedence).
+    name_step: int | None
+
+
+@dataclass(frozen=True)
+class State:
+    """What one read of the state file found."""
+
+    #: Listed checkpoints inside the model directory, oldest step first.
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    #: Listed paths that were ignored (outside the model directory, or not a usable prefix).
+    ignored: list[str] = field(default_factory=list)
+
+
+def normalize_model_dir(path: str | os.PathLike[str]) -> str:
+    """The canonical form of a model directory, as stored in every row: absolute, symlinks resolved."""
+    return os.path.realpath(os.path.abspath(os.fspath(path)))
+
+
+def step_from_name(name: str) -> int | None:
+    """The `-N` suffix of a checkpoint prefix (`model.ckpt-1200` -> 1200), or None."""
+    match = _STEP_SUFFIX.search(os.path.basename(name))
+    return int(match.group(1)) if match else None
+
+
+def exists(path: str) -> bool:
+    """Whether a checkpoint's index and at least one data shard are on disk."""
+    return os.path.isfile(path + ".index") and bool(glob.glob(glob.escape(path) + ".data-*"))
+
+
+def read_state(model_dir: str) -> State:
+    """Read `model_dir/checkpoint` with TensorFlow's parser.
+
+    Returns an empty State when there is no state file yet. Raises StateFileError when the
+    file exists but is not a valid CheckpointState.
+    """
+    state_path = os.path.join(model_dir, STATE_FILE)
+    if not os.path.isfile(state_path):
+        return State()
+    import tensorflow as tf
+    from google.protobuf import text_format
+
+    try:
+        proto = tf.train.get_checkpoint_state(model_dir)
+    except (ValueError, text_format.ParseError, tf.errors.OpError) as err:
+        # ValueError covers UnicodeDecodeError and TF's "Invalid checkpoint state".
+        raise StateFileError(f"cannot parse {state_path}: {first_line(err)}") from err
+    if proto is None:
+        if not os.path.isfile(state_path):  # deleted between the two looks
+            return State()
+        raise StateFileError(f"cannot parse {state_path}: not a CheckpointState text proto")
+    listed = list(proto.all_model_checkpoint_paths)
+    if proto.model_checkpoint_path not in listed:
+        listed.append(proto.model_checkpoint_path)
+    return _resolve(model_dir, listed)
+
+
+def _resolve(model_dir: str, listed: list[str]) -> State:
+    """Keep the listed prefixes that lie inside the model directory, oldest step first."""
+    root = normalize_model_dir(model_dir)
+    found: dict[str, Checkpoint] = {}
+    order: dict[str, int] = {}
+    ignored: list[str] = []
+    for position, raw in enumerate(listed):
+        name = _relative_name(root, raw)
+        if name is None:
+            ignored.append(raw)
+            continue
+        if name not in found:
+            found[name] = Checkpoint(name=name, path=os.path.join(root, name), name_step=step_from_name(name))
+            order[name] = position
+    checkpoints = sorted(
+        found.values(),
+        key=lambda c: (c.name_step is None, c.name_step or 0, order[c.name]),
+    )
+    return State(checkpoints=checkpoints, ignored=ignored)
+
+
+def _relative_name(root: str, raw: str) -> str | None:
+    """`raw` relative to `root`, or None when it points outside it or is not a prefix."""
+    try:
+        resolved = os.path.realpath(os.path.join(root, raw))
+        inside = os.path.commonpath([root, resolved]) == root
+    except ValueError:  # embedded NUL, or paths on different drives
+        return None
+    if not inside or resolved == root:
+        return None
+    return os.path.relpath(resolved, root)
+

@@ -1,0 +1,72 @@
+"""The project's exceptions: each says what went wrong and what to do, and carries its exit code.
+
+`cli.main` is the one place that turns them into a one-line message and an exit status.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+#: An unexpected crash (a bug): worth a restart by a supervisor.
+EXIT_CRASH = 1
+#: The configuration can't work (arguments, task, database, model directory): fix it, don't restart.
+EXIT_CONFIG = 2
+
+
+class EvaluatorError(Exception):
+    """An error with a message meant for the user."""
+
+    exit_code = EXIT_CRASH
+
+
+class ConfigError(EvaluatorError):
+    """The command was given something that can't work; restarting will not help."""
+
+    exit_code = EXIT_CONFIG
+
+
+class ModelDirError(ConfigError):
+    """The model directory is missing or is not a directory."""
+
+
+class TaskError(ConfigError):
+    """The --task spec can't be imported, lacks a member, or builds a graph that can't be evaluated."""
+
+
+class DatabaseError(ConfigError):
+    """The database URL is malformed, can't be opened, or holds a schema this version can't use."""
+
+
+class DeviceError(ConfigError):
+    """The requested device (--device gpu) is not available."""
+
+
+class StoreWriteError(EvaluatorError):
+    """A row could not be written now (disk full, read-only file, locked); retrying may succeed."""
+
+
+class StateFileError(EvaluatorError):
+    """The model directory's `checkpoint` state file exists but can't be read or parsed."""
+
+
+class CheckpointError(EvaluatorError):
+    """One checkpoint can't be restored or evaluated; it is recorded as `failed`."""
+
+
+class CheckpointMissing(CheckpointError):
+    """The checkpoint's files are gone (deleted by `max_to_keep`); it is recorded as `missing`."""
+
+
+class Abandoned(BaseException):
+    """Shutdown asked to drop the evaluation in progress; no row is written for it.
+
+    A BaseException, like KeyboardInterrupt: it is control flow, and the per-checkpoint
+    guard that turns every Exception into a `failed` row must let it through.
+    """
+
+
+def first_line(err: BaseException, limit: int = 500) -> str:
+    """The first non-empty line of an error's message (TensorFlow's run to pages), at most `limit` chars."""
+    text = getattr(err, "message", None) or str(err)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    line = lines[0] if lines else type(err).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"

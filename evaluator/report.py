@@ -1,0 +1,99 @@
+"""`evaluator report`: the evaluation history as a table (rich), JSON or CSV. No TensorFlow here."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+from typing import IO, Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from evaluator.evaluation import Evaluation, History, Status
+
+FORMATS = ("table", "json", "csv")
+#: The fields of each JSON object / CSV column, in order.
+FIELDS = (
+    "model_dir", "checkpoint", "step", "status", "accuracy", "loss", "examples", "ema", "best",
+    "restore_seconds", "eval_seconds", "device", "detected_at", "started_at", "evaluated_at", "error",
+)
+_NOTE_WIDTH = 70
+
+
+def records(history: History) -> list[dict[str, Any]]:
+    """One plain dict per row (ISO 8601 UTC times), the shape of the JSON and CSV outputs."""
+    return [_record(row, history.is_best(row)) for row in history.rows]
+
+
+def render(history: History, fmt: str, out: IO[str]) -> None:
+    """Write `history` to `out` as `fmt` (one of FORMATS)."""
+    if fmt == "json":
+        json.dump(records(history), out, indent=2)
+        out.write("\n")
+    elif fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records(history))
+    elif fmt == "table":
+        _tables(history, out)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+
+
+def _record(row: Evaluation, best: bool) -> dict[str, Any]:
+    values: dict[str, Any] = {name: getattr(row, name, None) for name in FIELDS}
+    values["status"] = row.status.value
+    values["best"] = best
+    for name in ("detected_at", "started_at", "evaluated_at"):
+        when = values[name]
+        values[name] = when.isoformat() if isinstance(when, datetime) else None
+    return values
+
+
+def _tables(history: History, out: IO[str]) -> None:
+    console = Console(file=out, width=None if out.isatty() else 160, highlight=False)
+    for model_dir in dict.fromkeys(row.model_dir for row in history.rows):
+        rows = [row for row in history.rows if row.model_dir == model_dir]
+        console.print(_table(model_dir, rows, history))
+        console.print()
+
+
+def _table(model_dir: str, rows: list[Evaluation], history: History) -> Table:
+    best = history.best.get(model_dir)
+    caption = (f"★ best: step {best.step}, accuracy {best.accuracy:.4f} ({best.checkpoint})"
+               if best is not None and best.accuracy is not None else "no successful evaluation yet")
+    table = Table(title=model_dir, caption=caption, box=box.SIMPLE_HEAD, title_justify="left",
+                  caption_justify="left")
+    for name, justify in (("step", "right"), ("accuracy", "right"), ("loss", "right"),
+                          ("examples", "right"), ("ema", "center"), ("status", "left"),
+                          ("checkpoint", "left"), ("evaluated", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    notes = any(row.error for row in rows)
+    if notes:
+        table.add_column("note", overflow="ellipsis", max_width=_NOTE_WIDTH, no_wrap=True)
+    for row in rows:
+        cells = [
+            _text(row.step),
+            (f"{row.accuracy:.4f}" if row.accuracy is not None else "") + (" ★" if history.is_best(row) else ""),
+            f"{row.loss:.4f}" if row.loss is not None else "",
+            _text(row.examples),
+            {True: "yes", False: "no", None: ""}[row.ema],
+            _status(row.status),
+            row.checkpoint,
+            row.evaluated_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+        ]
+        if notes:
+            cells.append(row.error or "")
+        table.add_row(*cells)
+    return table
+
+
+def _status(status: Status) -> str:
+    colour = {Status.OK: "green", Status.MISSING: "yellow", Status.FAILED: "red"}[status]
+    return f"[{colour}]{status.value}[/{colour}]"
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)

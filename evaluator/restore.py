@@ -1,0 +1,182 @@
+"""Restore a checkpoint into the evaluation graph, with EMA shadow values where the checkpoint has them.
+
+The map comes from `tf.compat.v1.train.ExponentialMovingAverage(...).variables_to_restore()`:
+each trainable variable is restored from `<its name>/ExponentialMovingAverage`. Before restoring,
+the checkpoint's keys are checked: a variable without a shadow restores its own value, and a
+variable the graph needs that the checkpoint lacks fails the checkpoint, naming the keys.
+Name-based (Saver) and object-based (tf.train.Checkpoint / CheckpointManager) checkpoints are
+both read: the latter through the object graph's `full_name -> checkpoint key` table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf.message import DecodeError
+from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
+
+from evaluator import checkpoints
+from evaluator.errors import CheckpointError, CheckpointMissing, TaskError, first_line
+
+#: Where an object-based checkpoint stores its object graph.
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+#: The variable the step is read from; the `-N` suffix of the name is the fallback.
+GLOBAL_STEP = "global_step"
+_NAMES_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class RestoreInfo:
+    """What restoring one checkpoint did."""
+
+    step: int | None
+    #: Whether at least one variable got its EMA shadow value.
+    ema: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Checkpoint key -> graph variable for one checkpoint, and whether any key is a shadow."""
+
+    var_list: dict[str, tf.Variable]
+    ema: bool
+
+    @property
+    def key(self) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((key, var.op.name) for key, var in self.var_list.items()))
+
+
+class _Catalog:
+    """What a checkpoint holds: keys with shapes and dtypes, and for object-based ones name -> key."""
+
+    def __init__(self, reader: tf.train.CheckpointReader) -> None:
+        self.shapes: dict[str, list[int]] = reader.get_variable_to_shape_map()
+        self.dtypes: dict[str, tf.DType] = reader.get_variable_to_dtype_map()
+        self.names: dict[str, str] = {}
+        if OBJECT_GRAPH_KEY in self.shapes:
+            graph = TrackableObjectGraph()
+            graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
+            self.names = {a.full_name: a.checkpoint_key for node in graph.nodes for a in node.attributes}
+
+    def key(self, name: str) -> str | None:
+        """The checkpoint key holding variable `name`, or None."""
+        key = self.names.get(name, name)
+        return key if key in self.shapes else None
+
+    def visible_names(self) -> list[str]:
+        inverse = {key: name for name, key in self.names.items()}
+        return sorted(inverse.get(key, key) for key in self.shapes if key != OBJECT_GRAPH_KEY)
+
+
+class Restorer:
+    """Restores checkpoints into one graph's variables; one Saver per distinct key map, built once."""
+
+    def __init__(self, graph: tf.Graph, *, ema: bool, ema_name: str = checkpoints.EMA_NAME) -> None:
+        self._graph = graph
+        with graph.as_default():
+            variables = tf.compat.v1.global_variables()
+            if not variables:
+                raise TaskError("inference() created no variables: there is nothing to restore")
+            if ema:
+                # Built after the model, in this graph, so each name is `<var>/<ema_name>`.
+                average = tf.compat.v1.train.ExponentialMovingAverage(decay=0.0, name=ema_name)
+                self._wanted: dict[str, tf.Variable] = average.variables_to_restore()
+            else:
+                self._wanted = {v.op.name: v for v in variables}
+        self._savers: dict[tuple[tuple[str, str], ...], tf.compat.v1.train.Saver] = {}
+
+    def restore(self, session: tf.compat.v1.Session, checkpoint: checkpoints.Checkpoint) -> RestoreInfo:
+        """Restore `checkpoint` into `session`; CheckpointMissing if it is gone, CheckpointError if unusable."""
+        start = time.perf_counter()
+        if not checkpoints.exists(checkpoint.path):
+            raise _missing(checkpoint)
+        try:
+            reader = tf.train.load_checkpoint(checkpoint.path)
+            catalog = _Catalog(reader)
+            plan = self._plan(catalog)
+            with self._graph.as_default():  # else Saver.restore takes the eager path
+                self._saver(plan).restore(session, checkpoint.path)
+            step = _read_step(reader, catalog)
+        except (tf.errors.OpError, ValueError, DecodeError) as err:
+            if not checkpoints.exists(checkpoint.path):  # deleted while we were reading it
+                raise _missing(checkpoint) from err
+            raise CheckpointError(f"cannot restore {checkpoint.name}: {first_line(err)}") from err
+        return RestoreInfo(
+            step=step if step is not None else checkpoint.name_step,
+            ema=plan.ema,
+            seconds=time.perf_counter() - start,
+        )
+
+    def _plan(self, catalog: _Catalog) -> _Plan:
+        var_list: dict[str, tf.Variable] = {}
+        missing: list[str] = []
+        mismatched: list[str] = []
+        used_shadow = False
+        for wanted, var in self._wanted.items():
+            own = var.op.name
+            key = catalog.key(wanted)
+            shadow = key is not None and wanted != own
+            if key is None and wanted != own:
+                key = catalog.key(own)  # no shadow: restore its own value
+            if key is None:
+                missing.append(own)
+                continue
+            problem = _mismatch(key, catalog, var)
+            if problem:
+                mismatched.append(problem)
+                continue
+            var_list[key] = var
+            used_shadow = used_shadow or shadow
+        if missing:
+            raise CheckpointError(
+                f"checkpoint lacks {len(missing)} variable(s) the graph needs: {_names(missing)}"
+                f"; it has: {_names(catalog.visible_names())}"
+            )
+        if mismatched:
+            raise CheckpointError(f"checkpoint does not fit the graph: {'; '.join(mismatched[:_NAMES_SHOWN])}")
+        return _Plan(var_list=var_list, ema=used_shadow)
+
+    def _saver(self, plan: _Plan) -> tf.compat.v1.train.Saver:
+        """The Saver for this key map (call inside the graph); built on first use, then reused."""
+        saver = self._savers.get(plan.key)
+        if saver is None:
+            saver = tf.compat.v1.train.Saver(var_list=plan.var_list, sharded=False, allow_empty=False)
+            self._savers[plan.key] = saver
+        return saver
+
+
+def _missing(checkpoint: checkpoints.Checkpoint) -> CheckpointMissing:
+    return CheckpointMissing(
+        f"{checkpoint.name} was deleted before it could be read (training's max_to_keep?)"
+    )
+
+
+def _mismatch(key: str, catalog: _Catalog, var: tf.Variable) -> str | None:
+    want_shape = var.shape.as_list()
+    have_shape = list(catalog.shapes[key])
+    if have_shape != want_shape:
+        return f"{key} has shape {have_shape}, the graph's {var.op.name} {want_shape}"
+    have_dtype = catalog.dtypes[key]
+    if have_dtype != var.dtype.base_dtype:
+        return f"{key} is {have_dtype.name}, the graph's {var.op.name} {var.dtype.base_dtype.name}"
+    return None
+
+
+def _read_step(reader: tf.train.CheckpointReader, catalog: _Catalog) -> int | None:
+    key = catalog.key(GLOBAL_STEP)
+    if key is None:
+        return None
+    value = np.asarray(reader.get_tensor(key))
+    if value.shape != () or not np.issubdtype(value.dtype, np.integer):
+        return None
+    return int(value)
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    more = len(names) - _NAMES_SHOWN
+    return shown + (f" (and {more} more)" if more > 0 else "")

@@ -1,0 +1,85 @@
+"""The database schema: the `evaluations` table, one row per (model directory, checkpoint).
+
+Changes here need a migration in `migrations/versions/` (`alembic revision --autogenerate`);
+`tests/test_migrations.py` fails when the two disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from evaluator.evaluation import Status
+
+# Stable constraint names, so migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+STATUSES = tuple(s.value for s in Status)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite stores it naive, in UTC)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware UTC datetime")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class EvaluationRow(Base):
+    """One evaluated (or missing, or failed) checkpoint."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        UniqueConstraint("model_dir", "checkpoint"),
+        Index(None, "model_dir", "step"),
+        CheckConstraint(f"status IN {STATUSES!r}", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_dir: Mapped[str] = mapped_column(String(4096))
+    checkpoint: Mapped[str] = mapped_column(String(4096))
+    step: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    loss: Mapped[float | None] = mapped_column(Float)
+    examples: Mapped[int | None] = mapped_column(Integer)
+    ema: Mapped[bool | None]
+    restore_seconds: Mapped[float | None] = mapped_column(Float)
+    eval_seconds: Mapped[float | None] = mapped_column(Float)
+    device: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    detected_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    evaluated_at: Mapped[datetime] = mapped_column(UTCDateTime)

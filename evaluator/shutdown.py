@@ -1,0 +1,65 @@
+"""Stop requests from SIGTERM / SIGINT, and the grace period an evaluation in progress gets.
+
+The first signal asks the loop to stop: it starts no new checkpoint, and the one in progress may
+finish if it does so within the grace period, else it is abandoned (no row is written, so the
+next start evaluates it). A second signal abandons it at once. The handler only sets flags; the
+loop does the logging.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from evaluator.errors import Abandoned
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Shutdown:
+    """A stop request, and when the evaluation in progress must be dropped."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.event = threading.Event()
+        self.signal_name: str | None = None
+        self._deadline: float | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+    def request(self, signal_name: str = "request") -> None:
+        """Ask to stop; a second request makes the deadline now."""
+        now = time.monotonic()
+        self._deadline = now if self.event.is_set() else now + self.grace
+        self.signal_name = signal_name
+        self.event.set()
+
+    def check(self) -> None:
+        """Raise Abandoned once a stop was requested and the grace period is over."""
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            raise Abandoned(self.signal_name)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, waking early on a stop request; returns whether one came."""
+        return self.event.wait(max(0.0, seconds))
+
+    @contextmanager
+    def handling_signals(self, on_signal: Callable[[], None]) -> Iterator[None]:
+        """Turn SIGTERM and SIGINT into requests (and call `on_signal`) while inside the block."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.request(signal.Signals(signum).name)
+            on_signal()
+
+        previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
