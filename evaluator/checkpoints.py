@@ -14,6 +14,8 @@ from evaluator.errors import StateFileError, first_line
 
 #: The state file TensorFlow's Saver and CheckpointManager keep in the model directory.
 STATE_FILE = "checkpoint"
+#: A checkpoint's index file is `<prefix>.index`; TensorFlow moves it into place just before the state file.
+INDEX_SUFFIX = ".index"
 #: The default name of EMA shadow variables: `<variable>/ExponentialMovingAverage`.
 EMA_NAME = "ExponentialMovingAverage"
 
@@ -51,6 +53,20 @@ def step_from_name(name: str) -> int | None:
     """The `-N` suffix of a checkpoint prefix (`model.ckpt-1200` -> 1200), or None."""
     match = _STEP_SUFFIX.search(os.path.basename(name))
     return int(match.group(1)) if match else None
+
+
+def family(name: str) -> str:
+    """The name without its `-N` suffix: the checkpoints one saver writes share it (`model.ckpt`)."""
+    return _STEP_SUFFIX.sub("", name)
+
+
+def at(model_dir: str, path: str) -> Checkpoint | None:
+    """The Checkpoint for prefix `path` (absolute, or relative to the model directory), if inside it."""
+    root = normalize_model_dir(model_dir)
+    name = _relative_name(root, path)
+    if name is None:
+        return None
+    return Checkpoint(name=name, path=os.path.join(root, name), name_step=step_from_name(name))
 
 
 def exists(path: str) -> bool:
@@ -92,13 +108,14 @@ def _resolve(model_dir: str, listed: list[str]) -> State:
     order: dict[str, int] = {}
     ignored: list[str] = []
     for position, raw in enumerate(listed):
-        name = _relative_name(root, raw)
-        if name is None:
-            ignored.append(raw)
+        ckpt = at(root, raw)
+        if ckpt is None:
+            if raw not in ignored:
+                ignored.append(raw)
             continue
-        if name not in found:
-            found[name] = Checkpoint(name=name, path=os.path.join(root, name), name_step=step_from_name(name))
-            order[name] = position
+        if ckpt.name not in found:
+            found[ckpt.name] = ckpt
+            order[ckpt.name] = position
     checkpoints = sorted(
         found.values(),
         key=lambda c: (c.name_step is None, c.name_step or 0, order[c.name]),

@@ -50,11 +50,13 @@ MISSING_DIR_TICK = 1.0
 
 @dataclass(frozen=True)
 class _Seen:
-    """A listed checkpoint without a row, and when it was first seen."""
+    """A checkpoint without a row, and when it was first seen."""
 
     checkpoint: Checkpoint
     detected_at: datetime
     order: int
+    #: Listed in the state file (False: only its `.index` was seen being written so far).
+    listed: bool = True
 
     @property
     def sort_key(self) -> tuple[bool, int, int]:
@@ -82,6 +84,8 @@ class Service:
         self._lock = threading.Lock()
         self._seen: dict[str, _Seen] = {}
         self._recorded: set[str] = set()
+        #: Name families (`model.ckpt`) of the checkpoints the state file has listed.
+        self._families: set[str] = set()
         self._order = itertools.count()
         self._state_problem: str | None = None
         self._ignored_paths: set[str] = set()
@@ -114,8 +118,8 @@ class Service:
         task = load_task(self.options.task)
         self.model = self._build(task)
         if not self.options.once:
-            self.watcher = Watcher(self.model_dir, self._on_change, poll=self.options.poll,
-                                   poll_interval=self.options.poll_interval)
+            self.watcher = Watcher(self.model_dir, self._on_change, on_written=self._on_written,
+                                   poll=self.options.poll, poll_interval=self.options.poll_interval)
             self.watcher.start()
         self.notifier.ready(self._status_line())
 
@@ -173,6 +177,8 @@ class Service:
         for seen in self._pending():
             if self.shutdown.requested:
                 break
+            if not seen.listed and checkpoints.exists(seen.checkpoint.path):
+                continue  # written, not yet in the state file: that file decides, once it lists it
             evaluation = self._evaluate(seen)
             if evaluation is None:  # abandoned for shutdown
                 break
@@ -220,7 +226,11 @@ class Service:
         new: list[Checkpoint] = []
         with self._lock:
             for ckpt in state.checkpoints:
-                if ckpt.name not in self._recorded and ckpt.name not in self._seen:
+                self._families.add(checkpoints.family(ckpt.name))
+                seen = self._seen.get(ckpt.name)
+                if seen is not None and not seen.listed:
+                    self._seen[ckpt.name] = replace(seen, listed=True)
+                elif seen is None and ckpt.name not in self._recorded:
                     self._seen[ckpt.name] = _Seen(ckpt, detected_at, next(self._order))
                     new.append(ckpt)
             ignored = [p for p in state.ignored if p not in self._ignored_paths]
@@ -228,7 +238,22 @@ class Service:
         for path in ignored:
             self.log.warning("state file lists a path outside the model directory; ignored", path=path)
         for ckpt in new:
-            self.log.info("checkpoint detected", checkpoint=ckpt.name, step=ckpt.name_step)
+            self.log.info("checkpoint detected", checkpoint=ckpt.name, step=ckpt.name_step, source="state file")
+
+    def _on_written(self, prefix: str) -> None:
+        """From the watcher's thread: a checkpoint's index appeared. If it belongs to a family the
+        state file lists, remember it, so that even if it is deleted before we read a state file
+        listing it, it still gets its row (`missing`)."""
+        ckpt = checkpoints.at(self.model_dir, prefix)
+        if ckpt is None:
+            return
+        with self._lock:
+            if (checkpoints.family(ckpt.name) not in self._families or ckpt.name in self._recorded
+                    or ckpt.name in self._seen):
+                return
+            self._seen[ckpt.name] = _Seen(ckpt, utcnow(), next(self._order), listed=False)
+        self.log.info("checkpoint detected", checkpoint=ckpt.name, step=ckpt.name_step, source="index written")
+        self._wake.set()
 
     def _state_file_problem(self, problem: str | None) -> None:
         with self._lock:

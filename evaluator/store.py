@@ -7,6 +7,7 @@ SQLite (the default) runs in WAL mode with a busy timeout, and write transaction
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import os
 from collections.abc import Iterator
@@ -23,8 +24,8 @@ from evaluator.evaluation import Evaluation, History, Status
 from evaluator.schema import EvaluationRow
 
 DB_ENV = "EVALUATOR_DB"
-#: How long a connection waits for another's lock before failing (milliseconds).
-SQLITE_BUSY_TIMEOUT_MS = 15_000
+#: How long a SQLite connection waits for another's lock before failing (seconds).
+SQLITE_BUSY_TIMEOUT = 15.0
 
 _FIELDS = [f.name for f in dataclasses.fields(Evaluation)]
 
@@ -56,7 +57,7 @@ class Store:
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
 
     @classmethod
-    def open(cls, url: str, *, create: bool) -> Store:
+    def open(cls, url: str, *, create: bool, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> Store:
         """Connect to `url`; with create=False a missing SQLite file is an error, not a new file."""
         parsed = _parse(url)
         if _is_sqlite_file(parsed):
@@ -70,7 +71,7 @@ class Store:
                 f"--db {describe(url)}: the driver for {parsed.drivername!r} is not installed ({err})"
             ) from err
         if parsed.get_backend_name() == "sqlite":
-            event.listen(engine, "connect", _sqlite_on_connect)
+            event.listen(engine, "connect", functools.partial(_sqlite_on_connect, busy_timeout=busy_timeout))
             event.listen(engine, "begin", _sqlite_on_begin)
         try:
             with engine.connect():
@@ -235,12 +236,12 @@ def _prepare_sqlite_path(url: URL, *, create: bool) -> None:
         raise DatabaseError(f"cannot create the directory for {path}: {err.strerror}") from err
 
 
-def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any, *, busy_timeout: float) -> None:
     # Let SQLAlchemy's "begin" event (below) issue BEGIN, so writers can ask for IMMEDIATE.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:

@@ -1,9 +1,11 @@
-"""File-system events on the model directory -> a call to `on_change`. No TensorFlow, no evaluation.
+"""File-system events on the model directory -> calls to the service. No TensorFlow, no evaluation.
 
 TensorFlow writes the `checkpoint` state file to a temporary name and renames it into place, so
 the event that matters is a move whose destination is `checkpoint`; creations, modifications and
 close-after-write of the file count too (other writers). Opens and reads don't: the evaluator's
-own reads of the file must not wake it. `--poll` uses watchdog's polling observer instead of
+own reads of the file must not wake it. A checkpoint's `.index` appearing is reported too: it is
+proof the checkpoint was written even if `max_to_keep` deletes it before the state file is read.
+`--poll` uses watchdog's polling observer instead of
 inotify, for network file systems where events don't arrive.
 """
 
@@ -33,7 +35,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from evaluator.checkpoints import STATE_FILE
+from evaluator.checkpoints import INDEX_SUFFIX, STATE_FILE
 
 _log = structlog.get_logger("evaluator.watcher")
 
@@ -45,31 +47,50 @@ _EVENT_FILTER = [
 
 
 class _StateFileHandler(FileSystemEventHandler):
-    """Calls `on_change` for events on `<model_dir>/checkpoint` and on the directory itself."""
+    """Calls `on_change` for events on `<model_dir>/checkpoint` or on the directory itself, and
+    `on_written(prefix)` when a checkpoint's `.index` appears (it is written just before the state file)."""
 
-    def __init__(self, model_dir: str, on_change: Callable[[], None]) -> None:
+    def __init__(self, model_dir: str, on_change: Callable[[], None],
+                 on_written: Callable[[str], None] | None) -> None:
         self._dir = model_dir
         self._state_file = os.path.join(model_dir, STATE_FILE)
         self._on_change = on_change
+        self._on_written = on_written
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            self._dispatch(event)
+        except Exception:  # an exception here would end watchdog's thread, and every later event
+            _log.exception("file event handler failed", fs_event=repr(event))
+
+    def _dispatch(self, event: FileSystemEvent) -> None:
+        src = os.fsdecode(event.src_path)
+        dest = os.fsdecode(event.dest_path or "")
+        if event.is_directory:
+            # The directory itself deleted or moved away; its "modified" events (every file
+            # created in it) say nothing.
+            if event.event_type in (EVENT_TYPE_DELETED, EVENT_TYPE_MOVED) and src == self._dir:
+                self._on_change()
+            return
         if event.event_type not in _RELEVANT:
             return
-        paths = {os.fsdecode(event.src_path), os.fsdecode(event.dest_path or "")}
-        if self._state_file in paths or (event.is_directory and self._dir in paths):
-            try:
-                self._on_change()
-            except Exception:  # an exception here would end watchdog's thread, and every later event
-                _log.exception("state file change handler failed")
+        if self._state_file in (src, dest):
+            self._on_change()
+            return
+        written = dest if event.event_type == EVENT_TYPE_MOVED else src
+        if (self._on_written is not None and event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED)
+                and written.endswith(INDEX_SUFFIX) and os.path.dirname(written) == self._dir):
+            self._on_written(written[: -len(INDEX_SUFFIX)])
 
 
 class Watcher:
     """Watches one model directory; survives the directory being deleted and created again."""
 
     def __init__(self, model_dir: str, on_change: Callable[[], None], *,
+                 on_written: Callable[[str], None] | None = None,
                  poll: bool = False, poll_interval: float = 1.0) -> None:
         self._dir = model_dir
-        self._handler = _StateFileHandler(model_dir, on_change)
+        self._handler = _StateFileHandler(model_dir, on_change, on_written)
         self._observer: BaseObserver = PollingObserver(timeout=poll_interval) if poll else Observer()
         self._watch: ObservedWatch | None = None
         self._identity: tuple[int, int] | None = None

@@ -1,0 +1,154 @@
+"""checkpoints: reading the state file with TensorFlow's parser, names, steps, paths."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from evaluator import checkpoints
+from evaluator.errors import EvaluatorError, StateFileError
+from tests.conftest import train
+
+
+def names(state: checkpoints.State) -> list[str]:
+    return [c.name for c in state.checkpoints]
+
+
+def test_no_state_file_is_an_empty_state(tmp_path: Path) -> None:
+    assert checkpoints.read_state(str(tmp_path)) == checkpoints.State()
+
+
+def test_saver_absolute_paths(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    saved = train(model_dir, max_to_keep=2)
+    text = (model_dir / "checkpoint").read_text()
+    assert f'"{model_dir}/model.ckpt-60"' in text  # Saver writes absolute paths by default
+    state = checkpoints.read_state(str(model_dir))
+    assert names(state) == ["model.ckpt-40", "model.ckpt-60"]
+    assert [c.path for c in state.checkpoints] == saved[-2:]
+    assert [c.name_step for c in state.checkpoints] == [40, 60]
+
+
+def test_saver_relative_paths(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    train(model_dir, relative_paths=True)
+    assert 'model_checkpoint_path: "model.ckpt-60"' in (model_dir / "checkpoint").read_text()
+    state = checkpoints.read_state(str(model_dir))
+    assert names(state) == ["model.ckpt-20", "model.ckpt-40", "model.ckpt-60"]
+    assert state.checkpoints[0].path == os.path.join(os.path.realpath(model_dir), "model.ckpt-20")
+
+
+def test_checkpoint_manager_state_file(tmp_path: Path) -> None:
+    model_dir = tmp_path / "managed"
+    step = tf.Variable(0, dtype=tf.int64)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(step=step), str(model_dir), max_to_keep=3)
+    for number in (5, 10, 15, 20):
+        step.assign(number)
+        manager.save(checkpoint_number=number)
+    text = (model_dir / "checkpoint").read_text()
+    assert 'model_checkpoint_path: "ckpt-20"' in text and "all_model_checkpoint_timestamps" in text
+    state = checkpoints.read_state(str(model_dir))
+    assert names(state) == ["ckpt-10", "ckpt-15", "ckpt-20"]
+    assert all(checkpoints.exists(c.path) for c in state.checkpoints)
+
+
+def test_oldest_step_first_whatever_the_file_order(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint").write_text(
+        'model_checkpoint_path: "m-300"\nall_model_checkpoint_paths: "m-300"\n'
+        'all_model_checkpoint_paths: "m-20"\nall_model_checkpoint_paths: "m-100"\n'
+        'all_model_checkpoint_paths: "latest"\n'
+    )
+    assert names(checkpoints.read_state(str(tmp_path))) == ["m-20", "m-100", "m-300", "latest"]
+
+
+def test_paths_outside_the_directory_are_ignored(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "checkpoint").write_text(
+        'model_checkpoint_path: "/etc/passwd"\nall_model_checkpoint_paths: "../elsewhere/m-1"\n'
+        'all_model_checkpoint_paths: "m-2"\nall_model_checkpoint_paths: "/etc/passwd"\n'
+    )
+    state = checkpoints.read_state(str(tmp_path / "model"))
+    assert names(state) == ["m-2"]
+    # TensorFlow joins relative paths onto the directory before we see them.
+    assert state.ignored == [str(tmp_path / "model" / "../elsewhere/m-1"), "/etc/passwd"]
+
+
+def test_moved_directory_with_relative_paths_still_resolves(tmp_path: Path, trained_dir: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(trained_dir, moved)
+    state = checkpoints.read_state(str(moved))
+    assert all(checkpoints.exists(c.path) for c in state.checkpoints)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\xff\xfe garbage", b"model_checkpoint_path: 12 {", b'all_model_checkpoint_paths: "x"\n'])
+def test_garbage_state_file_raises_state_file_error(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "checkpoint").write_bytes(content)
+    with pytest.raises(StateFileError, match="cannot parse"):
+        checkpoints.read_state(str(tmp_path))
+
+
+@pytest.mark.parametrize(("name", "step"), [
+    ("model.ckpt-1200", 1200), ("ckpt-3", 3), ("dir/model.ckpt-7", 7), ("model.ckpt", None),
+    ("model-12-final", None), ("-5", 5), ("model.ckpt-00012", 12),
+])
+def test_step_from_name(name: str, step: int | None) -> None:
+    assert checkpoints.step_from_name(name) == step
+
+
+def test_exists_needs_index_and_data(tmp_path: Path) -> None:
+    prefix = tmp_path / "m-1"
+    assert not checkpoints.exists(str(prefix))
+    Path(f"{prefix}.index").write_bytes(b"")
+    assert not checkpoints.exists(str(prefix))
+    Path(f"{prefix}.data-00000-of-00001").write_bytes(b"")
+    assert checkpoints.exists(str(prefix))
+
+
+# -- properties: arbitrary bytes and names never raise anything but the project's errors -----
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.binary(max_size=400))
+def test_any_bytes_in_the_state_file(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "checkpoint").write_bytes(content)
+    try:
+        state = checkpoints.read_state(str(tmp_path))
+    except EvaluatorError:
+        return
+    root = os.path.realpath(tmp_path)
+    for ckpt in state.checkpoints:
+        assert os.path.commonpath([root, ckpt.path]) == root
+
+
+_path_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(paths=st.lists(_path_text, min_size=1, max_size=6))
+def test_any_listed_paths(tmp_path: Path, paths: list[str]) -> None:
+    def quote(p: str) -> str:
+        return '"' + p.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
+
+    lines = [f"model_checkpoint_path: {quote(paths[-1])}"]
+    lines += [f"all_model_checkpoint_paths: {quote(p)}" for p in paths]
+    (tmp_path / "checkpoint").write_text("\n".join(lines) + "\n")
+    try:
+        state = checkpoints.read_state(str(tmp_path))
+    except EvaluatorError:
+        return
+    root = os.path.realpath(tmp_path)
+    for ckpt in state.checkpoints:
+        assert os.path.commonpath([root, ckpt.path]) == root and ckpt.path != root
+        assert ckpt.name_step == checkpoints.step_from_name(ckpt.name)
+    assert len(state.checkpoints) + len(state.ignored) <= len(paths) + 1
+
+
+@given(name=_path_text)
+def test_step_from_any_name(name: str) -> None:
+    step = checkpoints.step_from_name(name)
+    assert step is None or (step >= 0 and name.endswith(str(step)[-1]))

@@ -1,0 +1,146 @@
+"""cli: help for every command, one-line errors with exit code 2, and no TensorFlow where not needed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from evaluator.cli import cli
+from tests.conftest import DIGITS_TASK, ROOT, cli_env, read_rows, run_cli, sqlite_url
+
+
+def all_commands(group: click.Group = cli, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [prefix]
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += all_commands(command, (*prefix, name))
+        else:
+            found.append((*prefix, name))
+    return found
+
+
+@pytest.mark.parametrize("command", all_commands(), ids=lambda c: " ".join(c) or "evaluator")
+def test_every_command_has_help(command: tuple[str, ...]) -> None:
+    result = subprocess.run([sys.executable, "-m", "evaluator", *command, "--help"], capture_output=True,
+                            text=True, env=cli_env(), cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: evaluator" in result.stdout
+    assert len(result.stdout.splitlines()) > 5
+
+
+def test_command_help_has_examples() -> None:
+    for name in ("watch", "report"):
+        assert "Examples:" in (cli.commands[name].help or "")
+
+
+IMPORTS_TF = """
+import sys, io, contextlib
+from evaluator.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    try:
+        main(sys.argv[1:])
+    except SystemExit:
+        pass
+print("tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["report", "--last", "5"], ["report", "--format", "json"], ["report", "--help"], ["--help"],
+    ["watch", "--help"], ["db", "upgrade"], ["db", "current"],
+], ids=lambda a: " ".join(a))
+def test_commands_that_do_not_evaluate_do_not_import_tensorflow(args: list[str], db: Path) -> None:
+    run_cli("db", "upgrade", "--db", sqlite_url(db))
+    result = subprocess.run([sys.executable, "-c", IMPORTS_TF, *args, "--db", sqlite_url(db)]
+                            if "--help" not in args else [sys.executable, "-c", IMPORTS_TF, *args],
+                            capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if not line.startswith(("I0000", "E0000", "W0000", "WARNING: All log"))]
+    errors = [line for line in lines if line.startswith("evaluator: error: ")]
+    assert len(errors) == 1, result.stderr
+    assert fragment in errors[0], errors[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["report", "--last", "-1"], "Invalid value for '--last': -1 is not in the range x>=1"),
+    (["report", "--last", "zero"], "'zero' is not a valid integer"),
+    (["report", "--format", "xml"], "'xml' is not one of 'table', 'json', 'csv'"),
+    (["report", "--db", "::not a url::"], "is not a database URL"),
+    (["report", "--db", "sqlite:////nonexistent/dir/e.db"], "no database at /nonexistent/dir/e.db"),
+    (["db", "current", "--db", "mysql+nosuchdriver://x/y"], "unknown database kind"),
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    (["watch", "."], "Missing option '--task'"),
+    (["watch", ".", "--task", "x:Y", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'gpu'"),
+])
+def test_bad_arguments(args: list[str], fragment: str) -> None:
+    one_line_error(run_cli(*args), fragment)
+
+
+def test_watch_bad_inputs_write_nothing(tmp_path: Path, trained_dir: Path, db: Path) -> None:
+    (tmp_path / "syntax.py").write_text("def broken(:\n")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "garbage.db").write_bytes(b"not sqlite " * 400)
+    base = ["--db", sqlite_url(db), "--once"]
+    cases = [
+        (["watch", str(tmp_path / "missing"), "--task", DIGITS_TASK, *base], "does not exist (pass --wait-for-dir"),
+        (["watch", str(tmp_path / "notes.txt"), "--task", DIGITS_TASK, *base], "is a file"),
+        (["watch", str(trained_dir), "--task", "no-colon", *base], "is not of the form package.module:NAME"),
+        (["watch", str(trained_dir), "--task", f"{tmp_path}/syntax.py:TASK", *base], "syntax error in"),
+        (["watch", str(trained_dir), "--task", f"{DIGITS_TASK}X", *base], "has no attribute 'TASKX'"),
+        (["watch", str(trained_dir), "--task", DIGITS_TASK, "--db", "postgresql://", "--once"],
+         "the driver for 'postgresql' is not installed"),
+        (["watch", str(trained_dir), "--task", DIGITS_TASK, "--db", sqlite_url(tmp_path / "garbage.db"), "--once"],
+         "file is not a database"),
+        (["watch", str(trained_dir), "--task", DIGITS_TASK, "--db", "not a url", "--once"], "is not a database URL"),
+    ]
+    for args, fragment in cases:
+        one_line_error(run_cli(*args), fragment)
+    assert read_rows(db) == []  # a configuration error writes no row
+
+
+def test_gpu_requested_on_a_machine_without_one(trained_dir: Path, db: Path) -> None:
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    result = run_cli("watch", str(trained_dir), "--task", DIGITS_TASK, "--db", sqlite_url(db), "--once",
+                     "--device", "gpu")
+    one_line_error(result, "--device gpu: TensorFlow sees no GPU")
+    assert read_rows(db) == []
+
+
+def test_db_upgrade_and_current(db: Path) -> None:
+    url = sqlite_url(db)
+    first = run_cli("db", "upgrade", "--db", url)
+    assert first.returncode == 0 and "schema at revision 0001 (upgraded from an empty database)" in first.stdout
+    again = run_cli("db", "upgrade", "--db", url)
+    assert "already up to date" in again.stdout
+    current = run_cli("db", "current", "--db", url)
+    assert current.returncode == 0 and "revision 0001, up to date" in current.stdout
+
+
+def test_db_url_from_the_environment(db: Path) -> None:
+    result = run_cli("db", "upgrade", env=cli_env(EVALUATOR_DB=sqlite_url(db)))
+    assert result.returncode == 0 and db.exists()
+
+
+def test_report_on_an_empty_database(db: Path) -> None:
+    run_cli("db", "upgrade", "--db", sqlite_url(db))
+    table = run_cli("report", "--db", sqlite_url(db))
+    assert table.returncode == 0 and table.stdout == "" and "no evaluations recorded" in table.stderr
+    assert json.loads(run_cli("report", "--db", sqlite_url(db), "--format", "json").stdout) == []
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("evaluator, version ")

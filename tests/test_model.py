@@ -1,0 +1,160 @@
+"""model + validate: the evaluation model built once; its figures equal an independent computation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from evaluator import checkpoints
+from evaluator.errors import CheckpointError, DeviceError, TaskError
+from evaluator.model import EvalModel, select_device
+from evaluator.task import load_task
+from tests.conftest import DIGITS, DIGITS_TASK, train
+
+
+def numpy_metrics(path: str, suffix: str) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of the digits network by hand, from the checkpoint's tensors."""
+    import sys
+
+    sys.path.insert(0, str(DIGITS))
+    import digits_data
+
+    reader = tf.train.load_checkpoint(path)
+    w1, b1, w2, b2 = (reader.get_tensor(f"{name}{suffix}").astype(np.float64)
+                      for name in ("layer1/weights", "layer1/biases", "layer2/weights", "layer2/biases"))
+    images, labels = digits_data.validation()
+    logits = np.maximum(images.astype(np.float64) @ w1 + b1, 0) @ w2 + b2
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    accuracy = float(np.mean(logits.argmax(axis=1) == labels))
+    loss = float(-log_softmax[np.arange(len(labels)), labels].mean())
+    return accuracy, loss
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("accuracy") / "model"
+    # Few steps and a slow average: EMA and raw weights still differ visibly.
+    train(directory, steps=40, save_every=20, learning_rate=0.5, ema_decay=0.9)
+    return directory
+
+
+@pytest.mark.parametrize(("ema", "suffix"), [(True, "/ExponentialMovingAverage"), (False, "")])
+def test_figures_equal_an_independent_computation(model_dir: Path, ema: bool, suffix: str) -> None:
+    model = EvalModel.build(load_task(DIGITS_TASK), device="cpu", ema=ema, batch_size=100)
+    for ckpt in checkpoints.read_state(str(model_dir)).checkpoints:
+        outcome = model.evaluate(ckpt)
+        accuracy, loss = numpy_metrics(ckpt.path, suffix)
+        assert outcome.metrics.examples == 360
+        assert outcome.metrics.accuracy == pytest.approx(accuracy, abs=1e-6)
+        assert outcome.metrics.loss == pytest.approx(loss, rel=1e-5)
+        assert outcome.ema is ema
+
+
+def test_ema_and_raw_weights_give_different_figures(model_dir: Path) -> None:
+    ckpt = checkpoints.read_state(str(model_dir)).checkpoints[0]
+    with_ema = EvalModel.build(load_task(DIGITS_TASK), device="cpu", ema=True).evaluate(ckpt).metrics
+    raw = EvalModel.build(load_task(DIGITS_TASK), device="cpu", ema=False).evaluate(ckpt).metrics
+    assert (with_ema.accuracy, with_ema.loss) != (raw.accuracy, raw.loss)
+    assert numpy_metrics(ckpt.path, "/ExponentialMovingAverage") != numpy_metrics(ckpt.path, "")
+
+
+def test_graph_is_built_once(trained_dir: Path) -> None:
+    model = EvalModel.build(load_task(DIGITS_TASK), device="cpu")
+    state = checkpoints.read_state(str(trained_dir))
+    model.evaluate(state.checkpoints[0])
+    operations = model.operations
+    for ckpt in state.checkpoints * 5:
+        model.evaluate(ckpt)
+    assert model.operations == operations
+
+
+def write_task(path: Path, body: str) -> str:
+    path.write_text(
+        "import numpy as np\nimport tensorflow as tf\nimport digits_model, digits_data\n"
+        f"import sys; sys.path.insert(0, {str(DIGITS)!r})\n" + body
+    )
+    return f"{path}:TASK"
+
+
+def digits_task_with(tmp_path: Path, validation: str) -> str:
+    import sys
+
+    sys.path.insert(0, str(DIGITS))
+    return write_task(tmp_path / "task_variant.py",
+                      "class T:\n    def inference(self, f): return digits_model.inference(f)\n"
+                      f"    def validation_data(self):\n        {validation}\nTASK = T()\n")
+
+
+def test_dataset_of_batches_gives_the_same_figures(tmp_path: Path, trained_dir: Path) -> None:
+    spec = digits_task_with(
+        tmp_path, "x, y = digits_data.validation(); return tf.data.Dataset.from_tensor_slices((x, y)).batch(50)")
+    ckpt = checkpoints.read_state(str(trained_dir)).checkpoints[-1]
+    from_dataset = EvalModel.build(load_task(spec), device="cpu").evaluate(ckpt).metrics
+    from_arrays = EvalModel.build(load_task(DIGITS_TASK), device="cpu").evaluate(ckpt).metrics
+    assert from_dataset.examples == from_arrays.examples == 360
+    assert from_dataset.accuracy == pytest.approx(from_arrays.accuracy, abs=1e-9)
+    assert from_dataset.loss == pytest.approx(from_arrays.loss, rel=1e-6)
+    model = EvalModel.build(load_task(spec), device="cpu")
+    first, second = model.evaluate(ckpt).metrics, model.evaluate(ckpt).metrics
+    assert first.examples == second.examples == 360  # the iterator is re-initialized per checkpoint
+    assert first.accuracy == second.accuracy
+
+
+def test_one_hot_float64_labels_and_features(tmp_path: Path, trained_dir: Path) -> None:
+    spec = digits_task_with(
+        tmp_path, "x, y = digits_data.validation(); return x.astype(np.float64), np.eye(10)[y].astype(np.int32)")
+    ckpt = checkpoints.read_state(str(trained_dir)).checkpoints[-1]
+    one_hot = EvalModel.build(load_task(spec), device="cpu").evaluate(ckpt).metrics
+    plain = EvalModel.build(load_task(DIGITS_TASK), device="cpu").evaluate(ckpt).metrics
+    assert one_hot.accuracy == plain.accuracy
+
+
+@pytest.mark.parametrize(("validation", "message"), [
+    ("return 42", "must return \\(features, labels\\) numpy arrays or a tf.data.Dataset, not int"),
+    ("return np.zeros((3, 64)), np.zeros(4, dtype=np.int64)", "3 features but 4 labels"),
+    ("return np.zeros((0, 64)), np.zeros(0, dtype=np.int64)", "the validation set is empty"),
+    ("return np.zeros((3, 64)), np.array([0.5, 1, 2])", "labels must be integer class indices"),
+    ("raise OSError('validation shard not found')", "validation_data\\(\\) failed: OSError: validation shard not found"),
+])
+def test_bad_validation_data_is_a_task_error(tmp_path: Path, validation: str, message: str) -> None:
+    with pytest.raises(TaskError, match=message):
+        EvalModel.build(load_task(digits_task_with(tmp_path, validation)), device="cpu")
+
+
+def test_inference_that_fails_to_build(tmp_path: Path) -> None:
+    spec = write_task(tmp_path / "bad_inference.py",
+                      "class T:\n    def inference(self, f): return tf.matmul(f, tf.zeros([3, 3]))\n"
+                      "    def validation_data(self): return digits_data.validation()\nTASK = T()\n")
+    with pytest.raises(TaskError, match="inference\\(\\) failed to build the graph: ValueError"):
+        EvalModel.build(load_task(spec), device="cpu")
+
+
+def test_logits_of_the_wrong_rank(tmp_path: Path) -> None:
+    spec = write_task(tmp_path / "rank.py",
+                      "class T:\n    def inference(self, f): return tf.reduce_sum(digits_model.inference(f), axis=1)\n"
+                      "    def validation_data(self): return digits_data.validation()\nTASK = T()\n")
+    with pytest.raises(TaskError, match="logits of shape \\[batch, classes\\]"):
+        EvalModel.build(load_task(spec), device="cpu")
+
+
+def test_an_empty_dataset_fails_the_checkpoint(tmp_path: Path, trained_dir: Path) -> None:
+    spec = digits_task_with(
+        tmp_path, "x, y = digits_data.validation(); return tf.data.Dataset.from_tensor_slices((x, y)).take(0).batch(8)")
+    model = EvalModel.build(load_task(spec), device="cpu")
+    with pytest.raises(CheckpointError, match="produced no examples"):
+        model.evaluate(checkpoints.read_state(str(trained_dir)).checkpoints[-1])
+
+
+def test_device_selection_on_this_machine() -> None:
+    gpus = tf.config.list_physical_devices("GPU")
+    assert select_device("cpu").name == "cpu"
+    assert select_device("auto").name == ("gpu:0" if gpus else "cpu")
+    if not gpus:
+        with pytest.raises(DeviceError, match="--device gpu: TensorFlow sees no GPU"):
+            select_device("gpu")
+    with pytest.raises(DeviceError, match="choose one of auto, cpu, gpu"):
+        select_device("tpu")

@@ -1,0 +1,62 @@
+"""report: table, JSON and CSV renderings of a history."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timezone
+
+from evaluator.evaluation import Evaluation, History, Status
+from evaluator.report import FIELDS, records, render
+
+WHEN = datetime(2026, 11, 23, 12, 0, 5, tzinfo=timezone.utc)
+
+
+def history() -> History:
+    ok = Evaluation(model_dir="/jobs/a", checkpoint="model.ckpt-200", step=200, status=Status.OK,
+                    accuracy=0.9125, loss=0.31, examples=360, ema=True, restore_seconds=0.01,
+                    eval_seconds=0.2, device="cpu", evaluated_at=WHEN, started_at=WHEN, detected_at=WHEN)
+    missing = Evaluation(model_dir="/jobs/a", checkpoint="model.ckpt-300", step=300, status=Status.MISSING,
+                         evaluated_at=WHEN, error="model.ckpt-300 was deleted before it could be read")
+    other = Evaluation(model_dir="/jobs/b", checkpoint="ckpt-1", step=1, status=Status.OK, accuracy=0.5,
+                       loss=1.0, examples=10, ema=False, evaluated_at=WHEN)
+    return History(rows=[ok, missing, other], best={"/jobs/a": ok, "/jobs/b": other})
+
+
+def rendered(fmt: str) -> str:
+    out = io.StringIO()
+    render(history(), fmt, out)
+    return out.getvalue()
+
+
+def test_json_has_the_documented_fields() -> None:
+    data = json.loads(rendered("json"))
+    assert [tuple(d) for d in data] == [FIELDS] * 3
+    first = data[0]
+    assert first["model_dir"] == "/jobs/a" and first["checkpoint"] == "model.ckpt-200"
+    assert (first["step"], first["accuracy"], first["loss"], first["examples"]) == (200, 0.9125, 0.31, 360)
+    assert (first["ema"], first["status"], first["best"]) == (True, "ok", True)
+    assert first["evaluated_at"] == "2026-11-23T12:00:05+00:00"
+    assert data[1]["status"] == "missing" and data[1]["accuracy"] is None and data[1]["best"] is False
+
+
+def test_csv_matches_json() -> None:
+    rows = list(csv.DictReader(io.StringIO(rendered("csv"))))
+    assert len(rows) == 3 and tuple(rows[0]) == FIELDS
+    assert rows[0]["accuracy"] == "0.9125" and rows[1]["accuracy"] == "" and rows[1]["status"] == "missing"
+
+
+def test_table_marks_the_best_and_notes_errors() -> None:
+    text = rendered("table")
+    assert "/jobs/a" in text and "/jobs/b" in text
+    assert "0.9125 ★" in text
+    assert "★ best: step 200, accuracy 0.9125 (model.ckpt-200)" in text
+    assert "missing" in text and "was deleted before it could be read" in text
+
+
+def test_records_of_an_empty_history() -> None:
+    assert records(History(rows=[])) == []
+    out = io.StringIO()
+    render(History(rows=[]), "json", out)
+    assert json.loads(out.getvalue()) == []

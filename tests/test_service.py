@@ -1,0 +1,123 @@
+"""service: the loop in process (once mode): exactly once, missing, failed, bad state files."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from evaluator import log
+from evaluator.errors import DatabaseError, ModelDirError, TaskError
+from evaluator.options import WatchOptions
+from evaluator.service import Service
+from tests.conftest import DIGITS_TASK, read_rows, sqlite_url, train
+
+
+@pytest.fixture
+def logs() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    log.configure("json", "info", stream=out)
+    yield out
+    structlog.reset_defaults()
+
+
+def events(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+
+
+def once(model_dir: Path, db: Path, **options: Any) -> int:
+    opts = WatchOptions(model_dir=str(model_dir), task=DIGITS_TASK, db_url=sqlite_url(db), once=True,
+                        device="cpu", **options)
+    return Service(opts).run()
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, trained_dir: Path) -> Path:
+    copy = tmp_path / "model"
+    shutil.copytree(trained_dir, copy)
+    return copy
+
+
+def test_every_listed_checkpoint_once_oldest_first(model_dir: Path, db: Path, logs: io.StringIO) -> None:
+    assert once(model_dir, db) == 0
+    rows = read_rows(db, model_dir)
+    assert [(r["checkpoint"], r["step"], r["status"]) for r in rows] == [
+        ("model.ckpt-20", 20, "ok"), ("model.ckpt-40", 40, "ok"), ("model.ckpt-60", 60, "ok")]
+    assert all(r["ema"] == 1 and r["examples"] == 360 and 0 < r["accuracy"] <= 1 for r in rows)
+    assert all(r["detected_at"] <= r["started_at"] <= r["evaluated_at"] for r in rows)
+    evaluated = [e for e in events(logs) if e["event"] == "evaluated"]
+    assert [e["step"] for e in evaluated] == [20, 40, 60]
+    assert {"model_dir", "checkpoint", "accuracy", "loss", "eval_seconds", "restore_seconds"} <= set(evaluated[0])
+
+
+def test_a_second_run_evaluates_only_what_is_new(model_dir: Path, db: Path, logs: io.StringIO) -> None:
+    once(model_dir, db)
+    first = read_rows(db)
+    train(model_dir, steps=80, save_every=80, relative_paths=True, max_to_keep=10, seed=3)
+    once(model_dir, db)
+    rows = read_rows(db)
+    assert rows[:3] == first  # nothing re-evaluated, nothing rewritten
+    assert [r["checkpoint"] for r in rows[3:]] == ["model.ckpt-80"]
+
+
+def test_missing_and_failed_checkpoints_do_not_stop_the_loop(model_dir: Path, db: Path, logs: io.StringIO) -> None:
+    for path in model_dir.glob("model.ckpt-20.*"):
+        path.unlink()  # deleted by max_to_keep before we read it
+    data = model_dir / "model.ckpt-40.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:10])  # truncated
+    once(model_dir, db)
+    rows = {r["checkpoint"]: r for r in read_rows(db)}
+    assert rows["model.ckpt-20"]["status"] == "missing" and rows["model.ckpt-20"]["step"] == 20
+    assert "deleted before it could be read" in rows["model.ckpt-20"]["error"]
+    assert rows["model.ckpt-40"]["status"] == "failed" and "cannot restore model.ckpt-40" in rows["model.ckpt-40"]["error"]
+    assert rows["model.ckpt-60"]["status"] == "ok"
+    once(model_dir, db)
+    assert len(read_rows(db)) == 3  # failed and missing rows are final: no retry loop
+
+
+def test_a_path_to_nothing_is_missing(tmp_path: Path, db: Path, logs: io.StringIO) -> None:
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-999"\n')
+    once(tmp_path, db)
+    (row,) = read_rows(db)
+    assert (row["checkpoint"], row["step"], row["status"]) == ("model.ckpt-999", 999, "missing")
+
+
+def test_garbage_state_file_is_a_warning(model_dir: Path, db: Path, logs: io.StringIO) -> None:
+    (model_dir / "checkpoint").write_bytes(b"\x00\x01 not a proto {{{")
+    assert once(model_dir, db) == 0
+    assert read_rows(db) == []
+    warning = next(e for e in events(logs) if e["event"] == "state file unreadable; waiting for a valid one")
+    assert warning["level"] == "warning" and "cannot parse" in warning["error"]
+
+
+def test_paths_outside_are_logged_and_skipped(model_dir: Path, db: Path, logs: io.StringIO) -> None:
+    state = model_dir / "checkpoint"
+    state.write_text(state.read_text() + 'all_model_checkpoint_paths: "/etc/passwd"\n')
+    once(model_dir, db)
+    assert len(read_rows(db)) == 3
+    assert any(e["event"].startswith("state file lists a path outside") and e["path"] == "/etc/passwd"
+               for e in events(logs))
+
+
+def test_no_ema_is_recorded(model_dir: Path, db: Path, logs: io.StringIO) -> None:
+    once(model_dir, db, ema=False)
+    assert {r["ema"] for r in read_rows(db)} == {0}
+
+
+def test_configuration_errors(tmp_path: Path, model_dir: Path, db: Path, logs: io.StringIO) -> None:
+    with pytest.raises(ModelDirError, match="does not exist .*--wait-for-dir"):
+        once(tmp_path / "nope", db)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelDirError, match="is not a directory"):
+        once(tmp_path / "file", db)
+    with pytest.raises(TaskError):
+        Service(WatchOptions(model_dir=str(model_dir), task="nope.py:X", db_url=sqlite_url(db), once=True)).run()
+    with pytest.raises(DatabaseError):
+        Service(WatchOptions(model_dir=str(model_dir), task=DIGITS_TASK, db_url="bad url", once=True)).run()
+    assert read_rows(db) == []
