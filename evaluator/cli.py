@@ -14,12 +14,13 @@ from typing import Any, TypeVar
 import click
 
 from evaluator import __version__
-from evaluator import log as logging_setup
 from evaluator.checkpoints import EMA_NAME, normalize_model_dir
 from evaluator.errors import EXIT_CONFIG, EvaluatorError
-from evaluator.options import DEVICES, WatchOptions
+from evaluator.options import DB_ENV, DEVICES, LOG_FORMATS, LOG_LEVELS, WatchOptions
 from evaluator.report import FORMATS as REPORT_FORMATS
-from evaluator.store import DB_ENV, Store, describe, resolve_url
+
+# SQLAlchemy, structlog, rich and TensorFlow are imported inside the commands that use them:
+# `evaluator --help` and `evaluator report` stay fast.
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -36,9 +37,9 @@ def db_option(command: F) -> F:
 
 
 def log_options(command: F) -> F:
-    command = click.option("--log-level", type=click.Choice(logging_setup.LEVELS), default="info",
+    command = click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info",
                            show_default=True, help="Least severe events to log.")(command)
-    return click.option("--log-format", type=click.Choice(logging_setup.FORMATS), default="auto",
+    return click.option("--log-format", type=click.Choice(LOG_FORMATS), default="auto",
                         show_default=True,
                         help="auto: console on a terminal, JSON lines otherwise (journald, files).")(command)
 
@@ -104,8 +105,11 @@ def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, poll: 
       evaluator watch /nfs/job1 --task mypkg.eval:TASK --poll --db sqlite:////srv/evals.db
       evaluator watch ./model_dir --task mypkg.eval:TASK --once    # evaluate what is there, exit
     """
-    logging_setup.configure(log_format, log_level)
+    from evaluator import log
     from evaluator.service import Service
+    from evaluator.store import resolve_url
+
+    log.configure(log_format, log_level)
 
     options = WatchOptions(
         model_dir=model_dir, task=task_spec, db_url=resolve_url(db_url), once=once, poll=poll,
@@ -136,6 +140,7 @@ def report(last: int, model_dir: str | None, db_url: str | None, fmt: str) -> in
       evaluator report --model-dir ./model_dir --format json | jq '.[-1].accuracy'
     """
     from evaluator import report as report_module
+    from evaluator.store import Store, describe, resolve_url
 
     store = Store.open(resolve_url(db_url), create=False)
     try:
@@ -164,6 +169,8 @@ def upgrade(db_url: str | None) -> int:
     Example:
       evaluator db upgrade --db sqlite:////var/lib/evaluator/evaluations.db
     """
+    from evaluator.store import Store, describe, resolve_url
+
     url = resolve_url(db_url)
     store = Store.open(url, create=True)
     try:
@@ -184,6 +191,8 @@ def current(db_url: str | None) -> int:
 
     Exits 1 when an upgrade is needed, so scripts can test it.
     """
+    from evaluator.store import Store, describe, resolve_url
+
     url = resolve_url(db_url)
     store = Store.open(url, create=False)
     try:

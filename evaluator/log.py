@@ -11,8 +11,6 @@ from typing import IO, Any
 
 import structlog
 
-FORMATS = ("auto", "console", "json")
-LEVELS = ("debug", "info", "warning", "error")
 
 
 def configure(fmt: str = "auto", level: str = "info", stream: IO[str] | None = None) -> None:

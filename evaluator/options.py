@@ -1,4 +1,4 @@
-"""What `evaluator watch` was asked to do, with the defaults and allowed values (no TensorFlow)."""
+"""What the commands were asked to do: options, defaults and allowed values (imports nothing heavy)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from evaluator.checkpoints import EMA_NAME
 
 DEVICES = ("auto", "cpu", "gpu")
+LOG_FORMATS = ("auto", "console", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+#: The environment variable that names the database when --db is not given.
+DB_ENV = "EVALUATOR_DB"
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import json
 from datetime import datetime
-from typing import IO, Any
-
-from rich import box
-from rich.console import Console
-from rich.table import Table
+from typing import IO, TYPE_CHECKING, Any
 
 from evaluator.evaluation import Evaluation, History, Status
+
+if TYPE_CHECKING:  # pragma: no cover - rich is imported when a table is drawn (JSON and CSV don't need it)
+    from rich.table import Table
 
 FORMATS = ("table", "json", "csv")
 #: The fields of each JSON object / CSV column, in order.
@@ -53,6 +52,8 @@ def _record(row: Evaluation, best: bool) -> dict[str, Any]:
 
 
 def _tables(history: History, out: IO[str]) -> None:
+    from rich.console import Console
+
     console = Console(file=out, width=None if out.isatty() else 160, highlight=False)
     for model_dir in dict.fromkeys(row.model_dir for row in history.rows):
         rows = [row for row in history.rows if row.model_dir == model_dir]
@@ -61,6 +62,9 @@ def _tables(history: History, out: IO[str]) -> None:
 
 
 def _table(model_dir: str, rows: list[Evaluation], history: History) -> Table:
+    from rich import box
+    from rich.table import Table
+
     best = history.best.get(model_dir)
     caption = (f"★ best: step {best.step}, accuracy {best.accuracy:.4f} ({best.checkpoint})"
                if best is not None and best.accuracy is not None else "no successful evaluation yet")

@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from evaluator.errors import DatabaseError, StoreWriteError
 from evaluator.evaluation import Evaluation, History, Status
+from evaluator.options import DB_ENV
 from evaluator.schema import EvaluationRow
 
-DB_ENV = "EVALUATOR_DB"
 #: How long a SQLite connection waits for another's lock before failing (seconds).
 SQLITE_BUSY_TIMEOUT = 15.0
 
