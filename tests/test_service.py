@@ -121,3 +121,49 @@ def test_configuration_errors(tmp_path: Path, model_dir: Path, db: Path, logs: i
     with pytest.raises(DatabaseError):
         Service(WatchOptions(model_dir=str(model_dir), task=DIGITS_TASK, db_url="bad url", once=True)).run()
     assert read_rows(db) == []
+
+
+def train_with_checkpoint_manager(model_dir: Path, saves: tuple[int, ...]) -> None:
+    """The digits network with EMA, saved by tf.train.CheckpointManager (object-based, relative paths)."""
+    import sys
+
+    import numpy as np
+    import tensorflow as tf
+
+    from tests.conftest import DIGITS
+
+    sys.path.insert(0, str(DIGITS))
+    import digits_data
+    import digits_model
+
+    v1 = tf.compat.v1
+    images, labels = digits_data.training()
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 64])
+        y = v1.placeholder(tf.int64, [None])
+        step = v1.train.get_or_create_global_step()
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=digits_model.inference(x)))
+        minimize = v1.train.GradientDescentOptimizer(0.3).minimize(loss, global_step=step)
+        with tf.control_dependencies([minimize]):
+            train_op = v1.train.ExponentialMovingAverage(0.9, step).apply(v1.trainable_variables())
+        tracked = v1.train.Checkpoint(**{v.op.name.replace("/", "_"): v for v in v1.global_variables()})
+        manager = tf.train.CheckpointManager(tracked, str(model_dir), max_to_keep=5)
+        with v1.Session(graph=graph) as session, session.as_default():
+            session.run(v1.global_variables_initializer())
+            rng = np.random.default_rng(0)
+            for number in range(1, max(saves) + 1):
+                batch = rng.integers(0, len(labels), 64)
+                session.run(train_op, {x: images[batch], y: labels[batch]})
+                if number in saves:
+                    manager.save(checkpoint_number=number)
+
+
+def test_a_checkpoint_manager_directory(tmp_path: Path, db: Path, logs: io.StringIO) -> None:
+    model_dir = tmp_path / "managed"
+    train_with_checkpoint_manager(model_dir, saves=(10, 20, 30))
+    assert 'model_checkpoint_path: "ckpt-30"' in (model_dir / "checkpoint").read_text()
+    once(model_dir, db)
+    rows = read_rows(db)
+    assert [(r["checkpoint"], r["step"], r["status"], r["ema"]) for r in rows] == [
+        ("ckpt-10", 10, "ok", 1), ("ckpt-20", 20, "ok", 1), ("ckpt-30", 30, "ok", 1)]
