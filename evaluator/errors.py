@@ -64,9 +64,19 @@ class Abandoned(BaseException):
     """
 
 
+#: Lines TensorFlow wraps an op error's reason in ("Graph execution error:", where the op was
+#: defined, the node, the stack); they say nothing about what went wrong.
+_FRAMING = ("Graph execution error", "Detected at node", "Node: ", "File \"", "[[", "Original stack trace",
+            "Traceback", "Detected unsupported operations", "defined at (most recent call last)")
+
+
 def first_line(err: BaseException, limit: int = 500) -> str:
-    """The first non-empty line of an error's message (TensorFlow's run to pages), at most `limit` chars."""
+    """The line of an error's message that says what went wrong, at most `limit` characters.
+
+    TensorFlow's messages run to pages; their reason is the first line that is not framing.
+    """
     text = getattr(err, "message", None) or str(err)
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    line = lines[0] if lines else type(err).__name__
+    reasons = [line for line in lines if not line.startswith(_FRAMING)]
+    line = (reasons or lines or [type(err).__name__])[0]
     return line if len(line) <= limit else line[: limit - 1] + "…"

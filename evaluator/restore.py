@@ -104,7 +104,7 @@ class Restorer:
         except (tf.errors.OpError, ValueError, DecodeError) as err:
             if not checkpoints.exists(checkpoint.path):  # deleted while we were reading it
                 raise _missing(checkpoint) from err
-            raise CheckpointError(f"cannot restore {checkpoint.name}: {first_line(err)}") from err
+            raise CheckpointError(f"cannot restore {checkpoint.name}: {type(err).__name__}: {first_line(err)}") from err
         return RestoreInfo(
             step=step if step is not None else checkpoint.name_step,
             ema=plan.ema,
@@ -133,7 +133,7 @@ class Restorer:
             used_shadow = used_shadow or shadow
         if missing:
             raise CheckpointError(
-                f"checkpoint lacks {len(missing)} variable(s) the graph needs: {_names(missing)}"
+                f"checkpoint lacks {len(missing)} variable(s) the graph needs: {_names(sorted(missing))}"
                 f"; it has: {_names(catalog.visible_names())}"
             )
         if mismatched:

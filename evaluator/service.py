@@ -105,18 +105,20 @@ class Service:
         return EXIT_OK
 
     def _start(self) -> None:
+        # Every check of the configuration comes before the database is touched: bad input
+        # writes nothing (not even a new, empty database).
         self._check_model_dir()
+        Store.check_url(self.options.db_url)
         self.log.info("starting", task=self.options.task, db=describe(self.options.db_url),
                       device=self.options.device, ema=self.options.ema,
                       mode="once" if self.options.once else ("poll" if self.options.poll else "events"))
+        log.quiet_tensorflow()
+        self.model = self._build(load_task(self.options.task))
         self.store = Store.open(self.options.db_url, create=True)
         self.store.upgrade()
         self._recorded = self.store.recorded(self.model_dir)
         self.log.info("database ready", db=describe(self.options.db_url), revision=self.store.revision(),
                       recorded=len(self._recorded))
-        log.quiet_tensorflow()
-        task = load_task(self.options.task)
-        self.model = self._build(task)
         if not self.options.once:
             self.watcher = Watcher(self.model_dir, self._on_change, on_written=self._on_written,
                                    poll=self.options.poll, poll_interval=self.options.poll_interval)

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from evaluator.errors import DatabaseError, StoreWriteError
 from evaluator.evaluation import Evaluation, History, Status
@@ -45,7 +46,7 @@ def describe(url: str) -> str:
     """The URL as it may be shown in logs and errors (password hidden)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return url
 
 
@@ -56,21 +57,32 @@ class Store:
         self.engine = engine
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
 
-    @classmethod
-    def open(cls, url: str, *, create: bool, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> Store:
-        """Connect to `url`; with create=False a missing SQLite file is an error, not a new file."""
+    @staticmethod
+    def check_url(url: str) -> URL:
+        """Parse `url` and load its dialect and driver, without connecting; DatabaseError if that fails."""
         parsed = _parse(url)
-        if _is_sqlite_file(parsed):
-            _prepare_sqlite_path(parsed, create=create)
         try:
-            engine = create_engine(parsed)
-        except NoSuchModuleError as err:
+            parsed.get_dialect().import_dbapi()
+        except (NoSuchModuleError, ValueError) as err:  # ValueError: a malformed name such as "a.b.c"
             raise DatabaseError(f"--db {describe(url)}: unknown database kind {parsed.drivername!r}") from err
         except ImportError as err:
             raise DatabaseError(
                 f"--db {describe(url)}: the driver for {parsed.drivername!r} is not installed ({err})"
             ) from err
-        if parsed.get_backend_name() == "sqlite":
+        return parsed
+
+    @classmethod
+    def open(cls, url: str, *, create: bool, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> Store:
+        """Connect to `url`; with create=False a missing SQLite file is an error, not a new file."""
+        parsed = cls.check_url(url)
+        if _is_sqlite_file(parsed):
+            _prepare_sqlite_path(parsed, create=create)
+        sqlite = parsed.get_backend_name() == "sqlite"
+        # SQLite: a connection per transaction. The daemon writes once per checkpoint; holding the
+        # file open in between would keep the WAL from being truncated and the file from being
+        # moved, replaced or remounted, and would hide a read-only file system until restart.
+        engine = create_engine(parsed, poolclass=NullPool) if sqlite else create_engine(parsed)
+        if sqlite:
             event.listen(engine, "connect", functools.partial(_sqlite_on_connect, busy_timeout=busy_timeout))
             event.listen(engine, "begin", _sqlite_on_begin)
         try:
@@ -212,7 +224,7 @@ def alembic_config() -> Any:
 def _parse(url: str) -> URL:
     try:
         return make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         raise DatabaseError(
             f"--db {url!r} is not a database URL (e.g. sqlite:////var/lib/evaluator/evaluations.db)"
         ) from None

@@ -195,7 +195,7 @@ class Daemon:
         return wait_for(match, timeout=timeout, message=f"event {event!r} {fields} in {self.log_path}")
 
     def wait_ready(self, timeout: float = 90.0) -> Daemon:
-        self.wait_event("evaluation model built", timeout=timeout)
+        self.wait_event("database ready", timeout=timeout)
         return self
 
     def wait_rows(self, count: int, timeout: float = 90.0) -> list[dict[str, Any]]:

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from evaluator import checkpoints
-from evaluator.errors import EvaluatorError, StateFileError
+from evaluator.errors import StateFileError
 from tests.conftest import train
 
 
@@ -108,47 +106,3 @@ def test_exists_needs_index_and_data(tmp_path: Path) -> None:
     assert not checkpoints.exists(str(prefix))
     Path(f"{prefix}.data-00000-of-00001").write_bytes(b"")
     assert checkpoints.exists(str(prefix))
-
-
-# -- properties: arbitrary bytes and names never raise anything but the project's errors -----
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(content=st.binary(max_size=400))
-def test_any_bytes_in_the_state_file(tmp_path: Path, content: bytes) -> None:
-    (tmp_path / "checkpoint").write_bytes(content)
-    try:
-        state = checkpoints.read_state(str(tmp_path))
-    except EvaluatorError:
-        return
-    root = os.path.realpath(tmp_path)
-    for ckpt in state.checkpoints:
-        assert os.path.commonpath([root, ckpt.path]) == root
-
-
-_path_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(paths=st.lists(_path_text, min_size=1, max_size=6))
-def test_any_listed_paths(tmp_path: Path, paths: list[str]) -> None:
-    def quote(p: str) -> str:
-        return '"' + p.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
-
-    lines = [f"model_checkpoint_path: {quote(paths[-1])}"]
-    lines += [f"all_model_checkpoint_paths: {quote(p)}" for p in paths]
-    (tmp_path / "checkpoint").write_text("\n".join(lines) + "\n")
-    try:
-        state = checkpoints.read_state(str(tmp_path))
-    except EvaluatorError:
-        return
-    root = os.path.realpath(tmp_path)
-    for ckpt in state.checkpoints:
-        assert os.path.commonpath([root, ckpt.path]) == root and ckpt.path != root
-        assert ckpt.name_step == checkpoints.step_from_name(ckpt.name)
-    assert len(state.checkpoints) + len(state.ignored) <= len(paths) + 1
-
-
-@given(name=_path_text)
-def test_step_from_any_name(name: str) -> None:
-    step = checkpoints.step_from_name(name)
-    assert step is None or (step >= 0 and name.endswith(str(step)[-1]))

@@ -217,3 +217,14 @@ def test_a_graph_without_variables_is_a_task_error() -> None:
     graph = tf.Graph()
     with pytest.raises(TaskError, match="created no variables"):
         Restorer(graph, ema=True)
+
+
+def test_tensorflow_error_framing_is_stripped() -> None:
+    from evaluator.errors import first_line
+
+    message = ("Graph execution error:\n\nDetected at node 'save/RestoreV2' defined at (most recent call last):\n"
+               '    File "<string>", line 7, in <module>\nNode: \'save/RestoreV2\'\nRead less bytes than requested\n'
+               "\t [[{{node save/RestoreV2}}]]")
+    assert first_line(tf.errors.OutOfRangeError(None, None, message)) == "Read less bytes than requested"
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line(ValueError("x" * 600), limit=10) == "x" * 9 + "…"
