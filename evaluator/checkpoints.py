@@ -70,8 +70,13 @@ def at(model_dir: str, path: str) -> Checkpoint | None:
 
 
 def exists(path: str) -> bool:
-    """Whether a checkpoint's index and at least one data shard are on disk."""
-    return os.path.isfile(path + ".index") and bool(glob.glob(glob.escape(path) + ".data-*"))
+    """Whether a checkpoint's index and its first data shard are on disk."""
+    if not os.path.isfile(path + INDEX_SUFFIX):
+        return False
+    # Shard 0 of N is always there; N is 1 unless the saver was sharded. Only then list the
+    # directory: with hundreds of checkpoints in it, a glob per call costs milliseconds.
+    return os.path.isfile(path + ".data-00000-of-00001") or bool(
+        glob.glob(glob.escape(path) + ".data-00000-of-*"))
 
 
 def read_state(model_dir: str) -> State:

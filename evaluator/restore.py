@@ -92,8 +92,6 @@ class Restorer:
     def restore(self, session: tf.compat.v1.Session, checkpoint: checkpoints.Checkpoint) -> RestoreInfo:
         """Restore `checkpoint` into `session`; CheckpointMissing if it is gone, CheckpointError if unusable."""
         start = time.perf_counter()
-        if not checkpoints.exists(checkpoint.path):
-            raise _missing(checkpoint)
         try:
             reader = tf.train.load_checkpoint(checkpoint.path)
             catalog = _Catalog(reader)

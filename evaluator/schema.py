@@ -64,6 +64,8 @@ class EvaluationRow(Base):
     __table_args__ = (
         UniqueConstraint("model_dir", "checkpoint"),
         Index(None, "model_dir", "step"),
+        # The best accuracy of a model directory without reading all its rows (`report`).
+        Index(None, "model_dir", "status", "accuracy"),
         CheckConstraint(f"status IN {STATUSES!r}", name="status"),
     )
 

@@ -189,6 +189,8 @@ class Service:
         return done
 
     def _idle(self, present: bool) -> None:
+        if self.store is not None:
+            self.store.release()
         self.notifier.ping()
         timeout = self.options.rescan_interval if present else min(self.options.rescan_interval, MISSING_DIR_TICK)
         if self.notifier.watchdog_interval:

@@ -18,7 +18,6 @@ from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
 
 from evaluator.errors import DatabaseError, StoreWriteError
 from evaluator.evaluation import Evaluation, History, Status
@@ -77,12 +76,8 @@ class Store:
         parsed = cls.check_url(url)
         if _is_sqlite_file(parsed):
             _prepare_sqlite_path(parsed, create=create)
-        sqlite = parsed.get_backend_name() == "sqlite"
-        # SQLite: a connection per transaction. The daemon writes once per checkpoint; holding the
-        # file open in between would keep the WAL from being truncated and the file from being
-        # moved, replaced or remounted, and would hide a read-only file system until restart.
-        engine = create_engine(parsed, poolclass=NullPool) if sqlite else create_engine(parsed)
-        if sqlite:
+        engine = create_engine(parsed)
+        if parsed.get_backend_name() == "sqlite":
             event.listen(engine, "connect", functools.partial(_sqlite_on_connect, busy_timeout=busy_timeout))
             event.listen(engine, "begin", _sqlite_on_begin)
         try:
@@ -94,6 +89,15 @@ class Store:
         return cls(engine)
 
     def close(self) -> None:
+        self.engine.dispose()
+
+    def release(self) -> None:
+        """Close pooled connections until the next query (the daemon calls it when it goes idle).
+
+        During a burst one connection serves every row (a commit is about a millisecond); between
+        bursts no file is held open, so the database can be moved, backed up or remounted, a
+        read-only file system shows at the next write, and SQLite truncates the WAL.
+        """
         self.engine.dispose()
 
     # -- schema -----------------------------------------------------------------------------

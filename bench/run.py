@@ -1,0 +1,524 @@
+"""The evaluator's benchmark: how fast it notices, evaluates and reports, against what users run today.
+
+    python -m bench                     # the full run (about ten minutes on 2 cores)
+    python -m bench --smoke             # tiny sizes, about a minute: CI runs it so the bench can't rot
+    python -m bench --only latency,report
+
+Prints a table and writes the same figures as JSON (bench/out/results.json) and as a markdown
+table (bench/out/results.md). The targets are those of the benchmark issue; bench/RESULTS.md
+holds a run's figures with their explanation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "examples" / "digits"
+DIGITS_TASK = f"{DIGITS / 'task.py'}:TASK"
+WORKLOAD_TASK = f"{ROOT / 'bench' / 'workload.py'}:TASK"
+OUT = ROOT / "bench" / "out"
+STAGES = ("latency", "idle", "cost", "memory", "report", "throughput")
+
+TARGETS = {
+    "latency_median_ms": 100.0,
+    "cost_ratio": 1.1,
+    "memory_growth_mb": 10.0,
+    "idle_percent_of_core": 1.0,
+    "report_seconds": 0.5,
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each measurement is; --smoke shrinks all of them."""
+
+    latency_checkpoints: int = 30
+    latency_spacing: float = 1.0
+    baseline_interval: float = 10.0
+    #: Checkpoints spaced 1.3 x the classic loop's interval, so it sees each (its own latency).
+    classic_checkpoints: int = 6
+    width: str = "2048,1024"
+    examples: int = 10_000
+    cost_checkpoints: int = 3
+    cost_rounds: int = 5
+    memory_marks: tuple[int, ...] = (10, 50, 100, 150, 200)
+    memory_examples: int = 1000
+    idle_seconds: float = 60.0
+    report_rows: int = 100_000
+    report_repeats: int = 5
+    throughput_checkpoints: int = 300
+
+
+SMOKE = Sizes(latency_checkpoints=3, latency_spacing=0.3, baseline_interval=0.5, classic_checkpoints=2,
+              width="64,32", examples=500,
+              cost_checkpoints=2, cost_rounds=2, memory_marks=(3, 6), memory_examples=100, idle_seconds=2.0,
+              report_rows=2000, report_repeats=2, throughput_checkpoints=15)
+
+
+# -- a daemon under measurement --------------------------------------------------------------
+
+class Watch:
+    """`evaluator watch` in a subprocess, its log in a file, its rows read with sqlite3."""
+
+    def __init__(self, model_dir: Path, db: Path, task: str, env: dict[str, str] | None = None) -> None:
+        self.model_dir, self.db = model_dir, db
+        self.log = db.with_suffix(".log")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "evaluator", "watch", str(model_dir), "--task", task,
+             "--db", f"sqlite:///{db}", "--log-format", "json", "--device", "auto"],
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"), stdin=subprocess.DEVNULL,  # noqa: SIM115
+            cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+
+    def wait_ready(self, timeout: float = 180) -> Watch:
+        wait(lambda: '"database ready"' in self.log.read_text(errors="replace"), timeout, self, "start-up")
+        return self
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.db.exists():
+            return []
+        connection = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        connection.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in connection.execute("SELECT * FROM evaluations ORDER BY id")]
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            connection.close()
+
+    def wait_rows(self, count: int, timeout: float = 600) -> list[dict[str, Any]]:
+        wait(lambda: len(self.rows()) >= count, timeout, self, f"{count} rows")
+        return self.rows()
+
+    def rss_mb(self) -> float:
+        return _status_kb(self.process.pid, "VmRSS") / 1024
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+def wait(condition: Callable[[], bool], timeout: float, watch: Watch | None, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if watch is not None and watch.process.poll() is not None:
+            raise RuntimeError(f"evaluator watch exited ({watch.process.returncode}); see {watch.log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def write_state(model_dir: Path, names: list[str]) -> float:
+    """Rename a new state file into place, as TensorFlow does; returns the time it landed."""
+    lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
+    temporary = model_dir / f"checkpoint.tmp{uuid.uuid4().hex}"
+    temporary.write_text("\n".join(lines) + "\n")
+    os.replace(temporary, model_dir / "checkpoint")
+    return time.time()
+
+
+def link_checkpoint(source: Path, prefix: str, target: Path, name: str) -> None:
+    for path in source.glob(prefix + ".*"):
+        os.link(path, target / (name + path.name[len(prefix):]))
+
+
+def epoch(text: str | None) -> float:
+    """A stored UTC time ("2026-11-23 12:00:00.123456") as seconds since the epoch."""
+    assert text is not None
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def digits_trainer() -> Any:
+    sys.path.insert(0, str(DIGITS))
+    import train
+
+    return train
+
+
+# -- the measurements ------------------------------------------------------------------------
+
+def measure_latency_and_idle(work: Path, sizes: Sizes) -> dict[str, Any]:
+    """1. rename of the state file -> evaluation start, evaluator vs the classic loop; 4. idle CPU.
+
+    First checkpoints come every `latency_spacing` seconds (the classic loop sees only some), then
+    every 1.3 x its interval (it sees each one: its own latency). The evaluator is measured on all.
+    """
+    fast, slow = sizes.latency_checkpoints, sizes.classic_checkpoints
+    staged = work / "staged-digits"
+    digits_trainer().train(str(staged), steps=fast + slow, save_every=1, max_to_keep=fast + slow,
+                           relative_paths=True)
+    names = [f"model.ckpt-{i}" for i in range(1, fast + slow + 1)]
+    model_dir = work / "latency"
+    model_dir.mkdir()
+    watch = Watch(model_dir, work / "latency.db", DIGITS_TASK).wait_ready()
+    classic_log = work / "classic.jsonl"
+    classic = subprocess.Popen([sys.executable, str(ROOT / "bench" / "baseline.py"), str(model_dir),
+                                "--interval", str(sizes.baseline_interval), "--out", str(classic_log)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    wait(lambda: classic_log.exists() and "ready" in classic_log.read_text(), 180, None, "the classic loop")
+    renamed: dict[str, float] = {}
+    for index, name in enumerate(names, start=1):
+        link_checkpoint(staged, name, model_dir, name)
+        renamed[name] = write_state(model_dir, names[max(0, index - 5):index])  # like max_to_keep=5
+        time.sleep(sizes.latency_spacing if index <= fast else 1.3 * sizes.baseline_interval)
+    rows = watch.wait_rows(len(names))
+    time.sleep(sizes.baseline_interval + 1)
+    classic.terminate()
+    classic.wait()
+
+    ours = [1000 * (epoch(r["started_at"]) - renamed[r["checkpoint"]]) for r in rows]
+    theirs = {e["checkpoint"]: 1000 * (e["started_at"] - renamed[e["checkpoint"]])
+              for e in map(json.loads, classic_log.read_text().splitlines()) if e["event"] == "evaluated"}
+    spaced = [theirs[n] for n in names[fast:] if n in theirs]
+    seen_fast = sum(n in theirs for n in names[:fast])
+
+    before = watch.cpu_seconds()
+    time.sleep(sizes.idle_seconds)
+    idle_cpu = watch.cpu_seconds() - before
+    rss_idle = watch.rss_mb()
+    watch.stop()
+    return {
+        "latency": {
+            "checkpoints": len(names), "spacing_s": sizes.latency_spacing,
+            "evaluator_median_ms": statistics.median(ours), "evaluator_p95_ms": percentile(ours, 0.95),
+            "evaluator_max_ms": max(ours), "evaluator_evaluated": len(rows),
+            "classic_interval_s": sizes.baseline_interval,
+            "classic_median_ms": statistics.median(spaced) if spaced else None,
+            "classic_p95_ms": percentile(spaced, 0.95) if spaced else None,
+            "classic_spaced_checkpoints": slow, "classic_spaced_evaluated": len(spaced),
+            "classic_fast_checkpoints": fast, "classic_fast_evaluated": seen_fast,
+        },
+        "idle": {"seconds": sizes.idle_seconds, "cpu_seconds": idle_cpu,
+                 "percent_of_core": 100 * idle_cpu / sizes.idle_seconds, "rss_mb": rss_idle},
+    }
+
+
+def measure_cost(work: Path, sizes: Sizes) -> dict[str, Any]:
+    """2. restore + evaluate one checkpoint of the realistic model: evaluator vs a hand-written loop."""
+    from bench import workload
+    from bench.baseline import HandWritten
+    from evaluator import checkpoints
+    from evaluator.evaluation import Evaluation, Status
+    from evaluator.model import EvalModel, select_device
+    from evaluator.store import Store
+
+    model_dir = work / "cost"
+    workload.write_checkpoints(str(model_dir), sizes.cost_checkpoints)
+    listed = checkpoints.read_state(str(model_dir)).checkpoints
+    evaluator = EvalModel.build(workload.TASK, device="auto", batch_size=workload.TASK.batch_size)
+    hand = HandWritten(workload.TASK, select_device("auto").config, workload.TASK.batch_size)
+    ours: list[float] = []
+    theirs: list[float] = []
+    agree = True
+    for ckpt in listed:  # warm both up once
+        outcome = evaluator.evaluate(ckpt)
+        accuracy, _ = hand(ckpt.path)
+        agree = agree and abs(outcome.metrics.accuracy - accuracy) < 1e-9
+    for _ in range(sizes.cost_rounds):
+        for ckpt in listed:
+            start = time.perf_counter()
+            evaluator.evaluate(ckpt)
+            ours.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            hand(ckpt.path)
+            theirs.append(time.perf_counter() - start)
+
+    store = Store.open(f"sqlite:///{work / 'record.db'}", create=True)
+    store.upgrade()
+    record: list[float] = []
+    for index in range(30):
+        now = datetime.now(timezone.utc)
+        row = Evaluation(model_dir="/bench", checkpoint=f"m-{index}", step=index, status=Status.OK,
+                         evaluated_at=now, accuracy=0.5, loss=1.0, examples=10, ema=True)
+        start = time.perf_counter()
+        store.record(row)
+        record.append(time.perf_counter() - start)
+    return {"cost": {
+        "parameters": workload.parameters(), "examples": workload.examples(), "device": evaluator.device,
+        "checkpoint_mb": sum(p.stat().st_size for p in model_dir.glob(listed[0].name + ".*")) / 2**20,
+        "evaluator_s": statistics.median(ours), "handwritten_s": statistics.median(theirs),
+        "ratio": statistics.median(ours) / statistics.median(theirs), "same_accuracy": agree,
+        "restore_s": statistics.median(evaluator.evaluate(c).restore_seconds for c in listed),
+        "record_row_ms": 1000 * statistics.median(record),
+    }}
+
+
+def measure_memory(work: Path, sizes: Sizes) -> dict[str, Any]:
+    """3. the daemon's RSS after 10 ... 200 evaluated checkpoints of the realistic model."""
+    from bench import workload
+
+    staged = work / "memory-staged"
+    workload.write_checkpoints(str(staged), 1)
+    model_dir = work / "memory"
+    model_dir.mkdir()
+    total = sizes.memory_marks[-1]
+    names = [f"model.ckpt-{i}" for i in range(1, total + 1)]
+    for name in names:  # the same files under 200 names: no disk, but 200 restores
+        link_checkpoint(staged, "model.ckpt-2", model_dir, name)
+    env = {"BENCH_WIDTH": sizes.width, "BENCH_EXAMPLES": str(sizes.memory_examples)}
+    watch = Watch(model_dir, work / "memory.db", WORKLOAD_TASK, env=env).wait_ready()
+    samples = {}
+    for mark in sizes.memory_marks:
+        write_state(model_dir, names[:mark])
+        watch.wait_rows(mark, timeout=1200)
+        samples[mark] = watch.rss_mb()
+    peak = _status_kb(watch.process.pid, "VmHWM") / 1024
+    watch.stop()
+    first, last = sizes.memory_marks[0], sizes.memory_marks[-1]
+    return {"memory": {"rss_mb": samples, "growth_mb": samples[last] - samples[first], "from": first,
+                       "to": last, "peak_rss_mb": peak}}
+
+
+def measure_report(work: Path, sizes: Sizes) -> dict[str, Any]:
+    """5. `evaluator report --last 10` on a database of 100,000 rows; `evaluator --help`."""
+    from sqlalchemy import insert
+    from sqlalchemy.orm import Session
+
+    from evaluator.schema import EvaluationRow
+    from evaluator.store import Store
+
+    db = work / "report.db"
+    url = f"sqlite:///{db}"
+    store = Store.open(url, create=True)
+    store.upgrade()
+    now = datetime.now(timezone.utc)
+    jobs = 4
+    rows = [{"model_dir": f"/data/jobs/job{j}", "checkpoint": f"model.ckpt-{i * 100}", "step": i * 100,
+             "status": "ok", "accuracy": 0.5 + (i % 997) / 2000, "loss": 1.0 / (i + 1), "examples": 10_000,
+             "ema": True, "restore_seconds": 0.05, "eval_seconds": 1.0, "device": "cpu",
+             "detected_at": now, "started_at": now, "evaluated_at": now}
+            for j in range(jobs) for i in range(sizes.report_rows // jobs)]
+    with Session(store.engine) as session, session.begin():
+        session.execute(insert(EvaluationRow), rows)
+
+    def timed(*args: str) -> float:
+        runs = []
+        for _ in range(sizes.report_repeats):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "evaluator", *args], check=True, cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            runs.append(time.perf_counter() - start)
+        return statistics.median(runs)
+
+    def python_start() -> float:
+        runs = []
+        for _ in range(3):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], check=True)
+            runs.append(time.perf_counter() - start)
+        return statistics.median(runs)
+
+    def imported(module: str) -> float:
+        code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+        return statistics.median(float(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                                      text=True, check=True).stdout) for _ in range(3))
+
+    query = []
+    for _ in range(5):
+        start = time.perf_counter()
+        store.history(last=10)
+        query.append(time.perf_counter() - start)
+    return {"report": {
+        "rows": len(rows), "model_dirs": jobs,
+        "report_last_10_s": timed("report", "--last", "10", "--db", url),
+        "report_json_s": timed("report", "--last", "10", "--format", "json", "--db", url),
+        "report_one_dir_s": timed("report", "--last", "10", "--model-dir", "/data/jobs/job1", "--db", url),
+        "help_s": timed("--help"),
+        "query_ms": 1000 * statistics.median(query),
+        "python_startup_s": python_start(),
+        "import_sqlalchemy_orm_s": imported("sqlalchemy.orm"),
+        "import_rich_table_s": imported("rich.table"),
+    }}
+
+
+def measure_throughput(work: Path, sizes: Sizes) -> dict[str, Any]:
+    """6. checkpoints evaluated per minute while the digits trainer saves as fast as it can."""
+    model_dir = work / "throughput"
+    model_dir.mkdir()
+    watch = Watch(model_dir, work / "throughput.db", DIGITS_TASK).wait_ready()
+    count = sizes.throughput_checkpoints
+    start = time.time()
+    subprocess.run([sys.executable, str(DIGITS / "train.py"), str(model_dir), "--steps", str(count),
+                    "--save-every", "1", "--max-to-keep", str(count + 1)], check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    trained = time.time()
+    rows = watch.wait_rows(count)
+    watch.stop()
+    first = min(epoch(r["started_at"]) for r in rows)
+    last = max(epoch(r["evaluated_at"]) for r in rows)
+    saves = sorted(p.stat().st_mtime for p in model_dir.glob("model.ckpt-*.index"))
+    save_span = (saves[-1] - saves[0]) if len(saves) > 1 else trained - start
+    return {"throughput": {
+        "checkpoints": count, "ok": sum(r["status"] == "ok" for r in rows),
+        "trainer_per_minute": 60 * (len(saves) - 1) / save_span if save_span else None,
+        "evaluated_per_minute": 60 * len(rows) / (last - first),
+        "lag_after_last_save_s": last - max(saves) if saves else None,
+        "mean_eval_ms": 1000 * statistics.mean(r["eval_seconds"] for r in rows),
+        "mean_restore_ms": 1000 * statistics.mean(r["restore_seconds"] for r in rows),
+    }}
+
+
+# -- the machine and the output --------------------------------------------------------------
+
+def machine() -> dict[str, Any]:
+    import tensorflow as tf
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    gpu_names: list[str] = []
+    if gpus and shutil.which("nvidia-smi"):
+        gpu_names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                   capture_output=True, text=True).stdout.split("\n")[:len(gpus)]
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": ", ".join(n for n in gpu_names if n) or (
+        ", ".join(gpus) if gpus else "none"), "tensorflow": tf.__version__, "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(measure, evaluator, baseline, target, met) rows for what was measured."""
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def met(ok: bool) -> str:
+        return "yes" if ok else "NO"
+
+    if "latency" in results:
+        lat = results["latency"]
+        classic = (f"median {lat['classic_median_ms']:.0f} ms, p95 {lat['classic_p95_ms']:.0f} ms "
+                   f"(checkpoints {1.3 * lat['classic_interval_s']:g} s apart); at one per "
+                   f"{lat['spacing_s']:g} s it evaluated {lat['classic_fast_evaluated']} of {lat['classic_fast_checkpoints']}"
+                   if lat["classic_median_ms"] is not None else "evaluated none")
+        rows.append(("1. detection latency (rename -> evaluation start)",
+                     f"median {lat['evaluator_median_ms']:.1f} ms, p95 {lat['evaluator_p95_ms']:.1f} ms; "
+                     f"evaluated {lat['evaluator_evaluated']} of {lat['checkpoints']}",
+                     f"classic loop, sleep({lat['classic_interval_s']:g}): {classic}",
+                     f"median < {TARGETS['latency_median_ms']:.0f} ms",
+                     met(lat["evaluator_median_ms"] < TARGETS["latency_median_ms"])))
+    if "cost" in results:
+        cost = results["cost"]
+        rows.append((f"2. restore + evaluate one checkpoint ({cost['parameters'] / 1e6:.1f} M params, "
+                     f"{cost['examples']} examples, {cost['device']})",
+                     f"{cost['evaluator_s'] * 1000:.0f} ms (ratio {cost['ratio']:.3f}); one row: "
+                     f"{cost['record_row_ms']:.1f} ms",
+                     f"hand-written loop: {cost['handwritten_s'] * 1000:.0f} ms",
+                     f"<= {TARGETS['cost_ratio']}x", met(cost["ratio"] <= TARGETS["cost_ratio"])))
+    if "memory" in results:
+        mem = results["memory"]
+        rss = mem["rss_mb"]
+        rows.append((f"3. RSS after {mem['from']} and {mem['to']} evaluated checkpoints",
+                     f"{rss[mem['from']]:.0f} MB -> {rss[mem['to']]:.0f} MB (growth {mem['growth_mb']:+.1f} MB)",
+                     "", f"growth < {TARGETS['memory_growth_mb']:.0f} MB",
+                     met(mem["growth_mb"] < TARGETS["memory_growth_mb"])))
+    if "idle" in results:
+        idle = results["idle"]
+        rows.append((f"4. idle CPU over {idle['seconds']:g} s",
+                     f"{idle['cpu_seconds']:.2f} CPU s = {idle['percent_of_core']:.2f} % of a core", "",
+                     f"< {TARGETS['idle_percent_of_core']:.0f} % of a core",
+                     met(idle["percent_of_core"] < TARGETS["idle_percent_of_core"])))
+    if "report" in results:
+        rep = results["report"]
+        rows.append((f"5. `evaluator report --last 10`, {rep['rows']:,} rows",
+                     f"{rep['report_last_10_s']:.2f} s (json {rep['report_json_s']:.2f} s, one dir "
+                     f"{rep['report_one_dir_s']:.2f} s). Of it: Python start {rep['python_startup_s']:.2f} s, "
+                     f"`import sqlalchemy.orm` {rep['import_sqlalchemy_orm_s']:.2f} s, the query "
+                     f"{rep['query_ms']:.0f} ms",
+                     "", f"< {TARGETS['report_seconds']} s", met(rep["report_last_10_s"] < TARGETS["report_seconds"])))
+        rows.append(("5. `evaluator --help` start-up", f"{rep['help_s']:.2f} s", "", "", ""))
+    if "throughput" in results:
+        thr = results["throughput"]
+        rows.append(("6. throughput, digits trainer saving every step",
+                     f"{thr['evaluated_per_minute']:.0f} checkpoints/min ({thr['ok']}/{thr['checkpoints']} ok)",
+                     f"trainer saved {thr['trainer_per_minute']:.0f}/min", "", ""))
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; GPU: {m['gpu']}; TensorFlow {m['tensorflow']}, "
+             f"Python {m['python']}; {m['date']}{' (smoke sizes)' if results['smoke'] else ''}.", "",
+             "| measure | evaluator | baseline | target | met |", "| --- | --- | --- | --- | --- |"]
+    lines += ["| " + " | ".join(row) + " |" for row in table(results)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
+    parser.add_argument("--only", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--json", type=Path, default=OUT / "results.json", help="where to write the figures")
+    parser.add_argument("--markdown", type=Path, default=OUT / "results.md", help="where to write the table")
+    parser.add_argument("--baseline-interval", type=float, help="the classic loop's sleep (default 10 s)")
+    parser.add_argument("--idle-seconds", type=float)
+    args = parser.parse_args(argv)
+    stages = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stage(s): {', '.join(sorted(unknown))}")
+    sizes = SMOKE if args.smoke else Sizes()
+    if args.baseline_interval:
+        sizes = replace(sizes, baseline_interval=args.baseline_interval)
+    if args.idle_seconds:
+        sizes = replace(sizes, idle_seconds=args.idle_seconds)
+    os.environ.update({"BENCH_WIDTH": sizes.width, "BENCH_EXAMPLES": str(sizes.examples),
+                       "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")})
+    sys.path.insert(0, str(ROOT))
+
+    results: dict[str, Any] = {"machine": machine(), "smoke": args.smoke, "sizes": asdict(sizes),
+                               "targets": TARGETS}
+    with tempfile.TemporaryDirectory(prefix="evaluator-bench-") as scratch:
+        work = Path(scratch)
+        if "latency" in stages or "idle" in stages:
+            results.update(_timed("latency + idle", measure_latency_and_idle, work, sizes))
+        for stage, measure in (("cost", measure_cost), ("memory", measure_memory), ("report", measure_report),
+                               ("throughput", measure_throughput)):
+            if stage in stages:
+                results.update(_timed(stage, measure, work, sizes))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    args.markdown.parent.mkdir(parents=True, exist_ok=True)
+    args.markdown.write_text(markdown(results))
+    print()
+    print(markdown(results))
+    print(f"figures: {args.json}  table: {args.markdown}")
+
+
+def _timed(name: str, measure: Callable[[Path, Sizes], dict[str, Any]], work: Path, sizes: Sizes) -> dict[str, Any]:
+    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    result = measure(work, sizes)
+    print(f"[bench] {name}: {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+    return result

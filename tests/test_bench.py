@@ -1,0 +1,45 @@
+"""bench: the smoke run (tiny sizes) completes and reports every figure, so the benchmark can't rot.
+
+Figures are not asserted against their targets here: machines running the tests are shared and
+noisy. `python -m bench` on a quiet machine does that, and bench/RESULTS.md records a run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, cli_env
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    figures_path, table_path = tmp_path / "results.json", tmp_path / "results.md"
+    result = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--json", str(figures_path),
+                             "--markdown", str(table_path)], cwd=ROOT, capture_output=True, text=True,
+                            env=cli_env(), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(figures_path.read_text())
+    assert {"machine", "latency", "idle", "cost", "memory", "report", "throughput"} <= set(figures)
+
+    latency = figures["latency"]
+    assert latency["evaluator_evaluated"] == latency["checkpoints"]  # every checkpoint, each once
+    assert latency["evaluator_median_ms"] > 0 and latency["classic_spaced_evaluated"] >= 1
+    assert figures["cost"]["same_accuracy"] is True  # the evaluator and the hand-written loop agree
+    assert figures["cost"]["ratio"] > 0
+    assert set(figures["memory"]["rss_mb"]) == {"3", "6"}
+    assert figures["idle"]["cpu_seconds"] >= 0
+    assert figures["report"]["report_last_10_s"] > 0 and figures["report"]["rows"] == 2000
+    throughput = figures["throughput"]
+    assert throughput["ok"] == throughput["checkpoints"]
+
+    table = table_path.read_text()
+    for measure in ("1. detection latency", "2. restore + evaluate", "3. RSS", "4. idle CPU", "5. `evaluator report",
+                    "6. throughput"):
+        assert measure in table
+    assert table in result.stdout
