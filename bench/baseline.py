@@ -45,8 +45,8 @@ class HandWritten:
         for start in range(0, len(self.labels), self.batch_size):
             feed = {self.x: self.features[start:start + self.batch_size],
                     self.y: self.labels[start:start + self.batch_size]}
-            c, l = self.session.run([self.correct, self.loss], feed)
-            correct, loss = correct + int(c), loss + float(l)
+            batch_correct, batch_loss = self.session.run([self.correct, self.loss], feed)
+            correct, loss = correct + int(batch_correct), loss + float(batch_loss)
         return correct / len(self.labels), loss / len(self.labels)
 
 

@@ -27,7 +27,7 @@ def examples() -> int:
 
 def parameters() -> int:
     sizes = (FEATURES, *widths(), CLASSES)
-    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
 
 
 def dataset(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +42,7 @@ def inference(features: tf.Tensor) -> tf.Tensor:
     v1 = tf.compat.v1
     hidden = features
     sizes = (FEATURES, *widths())
-    for layer, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:]), start=1):
+    for layer, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False), start=1):
         with v1.variable_scope(f"layer{layer}"):
             weights = v1.get_variable("weights", [fan_in, fan_out],
                                       initializer=v1.truncated_normal_initializer(stddev=fan_in ** -0.5))

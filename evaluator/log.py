@@ -12,7 +12,6 @@ from typing import IO, Any
 import structlog
 
 
-
 def configure(fmt: str = "auto", level: str = "info", stream: IO[str] | None = None) -> None:
     """Set up structlog and the stdlib root logger once, for the whole process."""
     stream = stream or sys.stderr

@@ -14,6 +14,7 @@ from evaluator.restore import Restorer
 from evaluator.task import Task
 from evaluator.validate import DEFAULT_BATCH_SIZE, Metrics, Progress, Validator
 
+
 @dataclass(frozen=True)
 class Placement:
     """Where the evaluation runs."""

@@ -13,7 +13,6 @@ import tensorflow as tf
 from evaluator import checkpoints
 from evaluator.errors import CheckpointError, CheckpointMissing, TaskError
 from evaluator.restore import Restorer
-from tests.conftest import train
 
 v1 = tf.compat.v1
 

@@ -7,7 +7,6 @@ must be built by this same code.
 from __future__ import annotations
 
 import tensorflow as tf
-
 from digits_data import CLASSES, PIXELS
 
 HIDDEN_UNITS = 64

@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DIGITS_TASK, Daemon, cli_env, read_rows, run_cli, slow_task, sqlite_url, wait_for
+from tests.conftest import (
+    DIGITS_TASK,
+    Daemon,
+    cli_env,
+    read_rows,
+    run_cli,
+    slow_task,
+    sqlite_url,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 

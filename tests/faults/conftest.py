@@ -61,6 +61,16 @@ def copy_checkpoint(source: Path, prefix: str, target_dir: Path, name: str) -> N
         shutil.copy(path, target_dir / (name + path.name[len(prefix):]))
 
 
+def link_all(staged: Path, model_dir: Path) -> list[str]:
+    """Hard-link every checkpoint file of `staged` into `model_dir` at once (not the state file);
+    returns the checkpoint names, oldest first."""
+    for path in staged.iterdir():
+        if path.name != "checkpoint":
+            os.link(path, model_dir / path.name)
+    steps = sorted(int(p.name.split("-")[-1].split(".")[0]) for p in staged.glob("model.ckpt-*.index"))
+    return [f"model.ckpt-{step}" for step in steps]
+
+
 @pytest.fixture(scope="session")
 def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """200 real checkpoints (steps 1..200) in a directory nobody watches, to move in as a burst."""

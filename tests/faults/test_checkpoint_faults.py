@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,8 +13,16 @@ import pytest
 from watchdog.events import FileOpenedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from tests.conftest import DIGITS, Daemon, read_rows, saved_by, slow_task, start_trainer, wait_for
-from tests.faults.conftest import copy_checkpoint, write_state
+from tests.conftest import (
+    DIGITS,
+    Daemon,
+    read_rows,
+    saved_by,
+    slow_task,
+    start_trainer,
+    wait_for,
+)
+from tests.faults.conftest import copy_checkpoint, link_all, write_state
 
 pytestmark = pytest.mark.slow
 
@@ -169,10 +176,8 @@ def test_a_burst_of_200_checkpoints(tmp_path: Path, staged: Path, db: Path, daem
     daemon = Daemon(model_dir, db).start()
     daemons.append(daemon)
     daemon.wait_ready()
-    names = [f"model.ckpt-{step}" for step in range(1, 201)]
-    for path in staged.iterdir():
-        if path.name != "checkpoint":
-            os.link(path, model_dir / path.name)  # all files in place at once
+    names = link_all(staged, model_dir)  # all files in place at once
+    assert names == [f"model.ckpt-{step}" for step in range(1, 201)]
     started = time.monotonic()
     for count in range(1, 201):
         write_state(model_dir, names[:count])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import threading
@@ -15,7 +14,7 @@ import pytest
 
 from evaluator.store import Store
 from tests.conftest import Daemon, read_rows, run_cli, sqlite_url, wait_for
-from tests.faults.conftest import Tmpfs, copy_checkpoint, write_state
+from tests.faults.conftest import Tmpfs, copy_checkpoint, link_all, write_state
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +27,7 @@ def test_report_in_a_loop_while_watch_writes(tmp_path: Path, staged: Path, db: P
     daemon = Daemon(model_dir, db).start()
     daemons.append(daemon)
     daemon.wait_ready()
-    names = [f"model.ckpt-{step}" for step in range(1, 201)]
-    for path in staged.iterdir():
-        if path.name != "checkpoint":
-            os.link(path, model_dir / path.name)
+    names = link_all(staged, model_dir)
 
     problems: list[str] = []
     reports = Counter[str]()
@@ -171,5 +167,5 @@ def test_the_database_lost_at_start_is_a_configuration_error(tmp_path: Path, tra
     finally:
         mounted.unmount()
     assert result.returncode == 2
-    (line,) = [l for l in result.stderr.splitlines() if l.startswith("evaluator: error: ")]
+    (line,) = [text for text in result.stderr.splitlines() if text.startswith("evaluator: error: ")]
     record_property("detail", line.rsplit(": ", 1)[-1])

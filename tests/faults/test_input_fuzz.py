@@ -22,6 +22,7 @@ from evaluator.errors import EvaluatorError
 from evaluator.store import Store
 from tests.conftest import run_cli, sqlite_url
 
+
 def fuzz(examples: int) -> settings:
     """Hypothesis settings: `examples` cases, no deadline (TensorFlow's parser), fixtures reused."""
     return settings(max_examples=examples, deadline=None,
@@ -147,7 +148,7 @@ def test_a_task_with_a_syntax_error_writes_nothing(tmp_path: Path, trained_dir: 
     for db in (copy, tmp_path / "new.db"):
         result = run_cli("watch", str(model_dir), "--task", f"{tmp_path}/task.py:TASK", "--once",
                          "--db", sqlite_url(db))
-        lines = [l for l in result.stderr.splitlines() if l.startswith("evaluator: error: ")]
+        lines = [text for text in result.stderr.splitlines() if text.startswith("evaluator: error: ")]
         assert result.returncode == 2 and len(lines) == 1 and "syntax error" in lines[0]
     assert digest(copy) == before and not (tmp_path / "new.db").exists()
     record_property("detail", lines[0])
