@@ -210,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="evaluator",
                         standalone_mode=False)
+    except click.UsageError as err:
+        where = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+        _fail(err.format_message() + where, err.exit_code)
     except click.ClickException as err:
         _fail(err.format_message(), err.exit_code)
     except click.exceptions.Abort:

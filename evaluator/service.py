@@ -201,9 +201,11 @@ class Service:
         """Whether the model directory is there (and watched); logs when that changes."""
         present = self.watcher.ensure() if self.watcher else os.path.isdir(self.model_dir)
         if present != self._present:
+            if present and self.watcher:
+                self.log.info("watching", observer=self.watcher.kind)
+            elif present:
+                self.log.info("model directory found")
             if present:
-                self.log.info("watching" if self.watcher else "model directory found",
-                              observer=self.watcher.kind if self.watcher else None)
                 self._wake.set()
             else:
                 self.log.warning("model directory is missing; waiting for it to appear")
