@@ -142,11 +142,8 @@ def report(last: int, model_dir: str | None, db_url: str | None, fmt: str) -> in
     from evaluator import report as report_module
     from evaluator.store import Store, describe, resolve_url
 
-    store = Store.open(resolve_url(db_url), create=False)
-    try:
+    with Store.open(resolve_url(db_url), create=False) as store:
         history = store.history(normalize_model_dir(model_dir) if model_dir else None, last)
-    finally:
-        store.close()
     if not history.rows and fmt == "table":
         where = f" for {normalize_model_dir(model_dir)}" if model_dir else ""
         click.echo(f"no evaluations recorded{where} in {describe(resolve_url(db_url))}", err=True)
@@ -172,13 +169,10 @@ def upgrade(db_url: str | None) -> int:
     from evaluator.store import Store, describe, resolve_url
 
     url = resolve_url(db_url)
-    store = Store.open(url, create=True)
-    try:
+    with Store.open(url, create=True) as store:
         before = store.revision()
         store.upgrade()
         after = store.revision()
-    finally:
-        store.close()
     change = "already up to date" if before == after else f"upgraded from {before or 'an empty database'}"
     click.echo(f"{describe(url)}: schema at revision {after} ({change})")
     return 0
@@ -194,11 +188,8 @@ def current(db_url: str | None) -> int:
     from evaluator.store import Store, describe, resolve_url
 
     url = resolve_url(db_url)
-    store = Store.open(url, create=False)
-    try:
+    with Store.open(url, create=False) as store:
         revision = store.revision()
-    finally:
-        store.close()
     head = Store.head_revision()
     state = "up to date" if revision == head else f"needs `evaluator db upgrade` (newest is {head})"
     click.echo(f"{describe(url)}: revision {revision or 'none'}, {state}")

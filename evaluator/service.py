@@ -156,7 +156,7 @@ class Service:
         if self.model is not None:
             self.model.close()
         if self.store is not None:
-            self.store.close()
+            self.store.release()
         self.notifier.close()
         self.log.info("stopped")
 
@@ -201,11 +201,11 @@ class Service:
         """Whether the model directory is there (and watched); logs when that changes."""
         present = self.watcher.ensure() if self.watcher else os.path.isdir(self.model_dir)
         if present != self._present:
-            if present and self.watcher:
-                self.log.info("watching", observer=self.watcher.kind)
-            elif present:
-                self.log.info("model directory found")
             if present:
+                if self.watcher:
+                    self.log.info("watching", observer=self.watcher.kind)
+                else:
+                    self.log.info("model directory found")
                 self._wake.set()
             else:
                 self.log.warning("model directory is missing; waiting for it to appear")

@@ -88,11 +88,15 @@ class Store:
             raise DatabaseError(f"cannot open database {describe(url)}: {_reason(err)}") from err
         return cls(engine)
 
-    def close(self) -> None:
-        self.engine.dispose()
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
     def release(self) -> None:
-        """Close pooled connections until the next query (the daemon calls it when it goes idle).
+        """Close pooled connections until the next query (the daemon calls it when it goes idle,
+        commands when they are done).
 
         During a burst one connection serves every row (a commit is about a millisecond); between
         bursts no file is held open, so the database can be moved, backed up or remounted, a

@@ -5,8 +5,8 @@ the event that matters is a move whose destination is `checkpoint`; creations, m
 close-after-write of the file count too (other writers). Opens and reads don't: the evaluator's
 own reads of the file must not wake it. A checkpoint's `.index` appearing is reported too: it is
 proof the checkpoint was written even if `max_to_keep` deletes it before the state file is read.
-`--poll` uses watchdog's polling observer instead of
-inotify, for network file systems where events don't arrive.
+`--poll` uses watchdog's polling observer instead of inotify, for network file systems where
+events don't arrive.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ _EVENT_FILTER = [
 ]
 
 
-class _StateFileHandler(FileSystemEventHandler):
+class _ModelDirHandler(FileSystemEventHandler):
     """Calls `on_change` for events on `<model_dir>/checkpoint` or on the directory itself, and
     `on_written(prefix)` when a checkpoint's `.index` appears (it is written just before the state file)."""
 
@@ -90,7 +90,7 @@ class Watcher:
                  on_written: Callable[[str], None] | None = None,
                  poll: bool = False, poll_interval: float = 1.0) -> None:
         self._dir = model_dir
-        self._handler = _StateFileHandler(model_dir, on_change, on_written)
+        self._handler = _ModelDirHandler(model_dir, on_change, on_written)
         self._observer: BaseObserver = PollingObserver(timeout=poll_interval) if poll else Observer()
         self._watch: ObservedWatch | None = None
         self._identity: tuple[int, int] | None = None

@@ -85,9 +85,9 @@ def test_any_checkpoint_name(name: str) -> None:
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("fuzz") / "evaluations.db"
-    store = Store.open(sqlite_url(path), create=True)
-    store.upgrade()
-    store.close()  # else closing the pooled connection later checkpoints the WAL into the file
+    with Store.open(sqlite_url(path), create=True) as store:
+        store.upgrade()
+    # (released: else closing the pooled connection later would checkpoint the WAL into the file)
     return path
 
 
