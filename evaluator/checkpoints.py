@@ -6,11 +6,13 @@ TensorFlow is imported only inside `read_state` (its parser), so importing this 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 
 from evaluator.errors import StateFileError, first_line
+from evaluator.evaluation import MAX_STEP
 
 #: The state file TensorFlow's Saver and CheckpointManager keep in the model directory.
 STATE_FILE = "checkpoint"
@@ -50,9 +52,13 @@ def normalize_model_dir(path: str | os.PathLike[str]) -> str:
 
 
 def step_from_name(name: str) -> int | None:
-    """The `-N` suffix of a checkpoint prefix (`model.ckpt-1200` -> 1200), or None."""
+    """The `-N` suffix of a checkpoint prefix (`model.ckpt-1200` -> 1200), or None (also for a
+    number too large for a 64-bit step)."""
     match = _STEP_SUFFIX.search(os.path.basename(name))
-    return int(match.group(1)) if match else None
+    if not match or len(match.group(1)) > 19:
+        return None
+    step = int(match.group(1))
+    return step if step <= MAX_STEP else None
 
 
 def family(name: str) -> str:
@@ -77,6 +83,71 @@ def exists(path: str) -> bool:
     # directory: with hundreds of checkpoints in it, a glob per call costs milliseconds.
     return os.path.isfile(path + ".data-00000-of-00001") or bool(
         glob.glob(glob.escape(path) + ".data-00000-of-*"))
+
+
+#: (path, device, inode, size, mtime) of an index file -> its fingerprint: each file is hashed once.
+_fingerprints: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def fingerprint(path: str) -> str | None:
+    """What the checkpoint at prefix `path` is, beyond its name: a hash of its `.index` file (which
+    holds every tensor's offset and checksum), or None when there is no index. A training restarted
+    from scratch writes the same names with other fingerprints."""
+    index = path + INDEX_SUFFIX
+    try:
+        stat = os.stat(index)
+        cache_key = (index, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        cached = _fingerprints.get(cache_key)
+        if cached is not None:
+            return cached
+        with open(index, "rb") as handle:
+            digest = hashlib.sha256(handle.read()).hexdigest()[:16]
+    except OSError:
+        return None
+    if len(_fingerprints) > 10_000:
+        _fingerprints.clear()
+    _fingerprints[cache_key] = digest
+    return digest
+
+
+def snapshot(path: str) -> tuple[tuple[str, int, int], ...]:
+    """(file, size, mtime) of every file of the checkpoint at `path`: what changes while it is still
+    being written."""
+    found = []
+    for name in sorted(glob.glob(glob.escape(path) + ".*")):
+        try:
+            stat = os.stat(name)
+        except OSError:
+            continue
+        found.append((os.path.basename(name), stat.st_size, stat.st_mtime_ns))
+    return tuple(found)
+
+
+def scan(model_dir: str, families: set[str]) -> list[Checkpoint]:
+    """The checkpoints on disk (their `.index` is there) whose name family is in `families`: those a
+    state file no longer lists, or never did (`max_to_keep=0` lists only the newest)."""
+    root = normalize_model_dir(model_dir)
+    found = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.endswith(INDEX_SUFFIX) or not _is_text(entry.name):
+            continue
+        ckpt = at(root, entry.name[: -len(INDEX_SUFFIX)])
+        if ckpt is not None and family(ckpt.name) in families:
+            found.append(ckpt)
+    return sorted(found, key=lambda c: (c.name_step is None, c.name_step or 0, c.name))
+
+
+def _is_text(name: str) -> bool:
+    """Whether a file name is valid UTF-8 (os gives undecodable bytes as surrogates): it can be a key."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_state(model_dir: str) -> State:
@@ -137,5 +208,6 @@ def _relative_name(root: str, raw: str) -> str | None:
         return None
     if not inside or resolved == root:
         return None
-    return os.path.relpath(resolved, root)
+    name = os.path.relpath(resolved, root)
+    return name if _is_text(name) else None
 

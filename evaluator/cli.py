@@ -1,4 +1,4 @@
-"""The command line: `evaluator watch`, `evaluator report`, `evaluator db upgrade|current`.
+"""The command line: `evaluator watch`, `report`, `retry`, `db upgrade|current`.
 
 Commands parse options and call the service or the store; `main` is the one place that turns the
 project's errors (and click's usage errors) into one line on stderr and an exit code. TensorFlow
@@ -16,6 +16,7 @@ import click
 from evaluator import __version__
 from evaluator.checkpoints import EMA_NAME, normalize_model_dir
 from evaluator.errors import EXIT_CONFIG, EvaluatorError
+from evaluator.evaluation import DEFAULT_NAME, Status
 from evaluator.options import DB_ENV, DEVICES, LOG_FORMATS, LOG_LEVELS, WatchOptions
 from evaluator.report import FORMATS as REPORT_FORMATS
 
@@ -26,6 +27,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 #: Exit status after Ctrl-C outside the daemon's own signal handling (128 + SIGINT).
 EXIT_INTERRUPTED = 130
+#: The most rows `report --last` asks for per evaluation; a table shows at most TABLE_ROWS of them.
+MAX_LAST = 1_000_000_000
+TABLE_ROWS = 1000
+
+
+def name_option(command: F) -> F:
+    return click.option(
+        "--name", default=DEFAULT_NAME, show_default=True, metavar="NAME",
+        help="The evaluation's name: part of every row's key, so several evaluations of one model "
+             "directory (another task, --no-ema) live side by side in one database.",
+    )(command)
 
 
 def db_option(command: F) -> F:
@@ -66,8 +78,11 @@ def cli() -> None:
                    "object with inference(features) -> logits and validation_data().")
 @db_option
 @click.option("--once", is_flag=True, help="Evaluate what is pending, then exit (cron, CI).")
+@name_option
 @click.option("--poll", is_flag=True,
-              help="Poll the directory instead of using inotify events (NFS and other network file systems).")
+              help="Poll the directory instead of using inotify events (NFS and other network file "
+                   "systems). A checkpoint that training writes and deletes (max_to_keep) within one "
+                   "poll interval is never seen, and gets no row: prefer events where they work.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
               metavar="SECONDS", help="With --poll: how often to scan the directory.")
 @click.option("--rescan", "rescan_interval", type=click.FloatRange(min=0.1), default=10.0,
@@ -85,19 +100,36 @@ def cli() -> None:
               help="Batch size for numpy validation data. Default: the task's batch_size, else 1024.")
 @click.option("--stop-grace", type=click.FloatRange(min=0), default=20.0, show_default=True,
               metavar="SECONDS",
-              help="On SIGTERM/SIGINT, let the evaluation in progress finish if it can within this "
-                   "time; else it is abandoned (no row) and runs again at the next start.")
+              help="On SIGTERM/SIGINT/SIGHUP, let the evaluation in progress finish if it can within "
+                   "this time; else it is abandoned (no row) and runs again at the next start.")
+@click.option("--missing-grace", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              metavar="SECONDS",
+              help="A listed checkpoint that never appears on disk is recorded `missing` after this "
+                   "long, once a newer checkpoint is there (a copy may still be bringing it).")
+@click.option("--retries", type=click.IntRange(min=1, max=1000), default=5, show_default=True, metavar="N",
+              help="Failures that are not a checkpoint's own (validation data, task code, the machine) "
+                   "are retried with backoff (1, 2, 4... s); after N in a row, exit 75 to be restarted.")
+@click.option("--lease", type=click.FloatRange(min=1), default=90.0, show_default=True, metavar="SECONDS",
+              help="A checkpoint being evaluated is claimed in the database; a claim whose evaluator "
+                   "died is taken over after this long (a live one renews it every lease/3).")
+@click.option("--db-wait", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
+              help="At start, wait this long for a locked or unreachable database, then exit 75.")
 @log_options
-def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, poll: bool,
+def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, name: str, poll: bool,
           poll_interval: float, rescan_interval: float, wait_for_dir: bool, ema: bool, ema_name: str,
-          device: str, batch_size: int | None, stop_grace: float, log_format: str, log_level: str) -> int:
+          device: str, batch_size: int | None, stop_grace: float, missing_grace: float, retries: int,
+          lease: float, db_wait: float, log_format: str, log_level: str) -> int:
     """Evaluate every checkpoint in MODEL_DIR, then each new one as training writes it.
 
-    Each checkpoint listed in MODEL_DIR/checkpoint is restored (EMA shadow weights by default)
-    into a graph built once from --task, run over the validation set, and recorded as one row:
-    step, accuracy, loss, examples, timings and status (ok, missing: deleted before it could be
-    read, failed: with the error). A restart resumes where the rows end. Stops on Ctrl-C or
-    SIGTERM; logs go to stderr.
+    Each checkpoint listed in MODEL_DIR/checkpoint (or on disk beside those listed) is restored
+    (EMA shadow weights by default) into a graph built once from --task, run over the
+    validation set, and recorded as one row: step, accuracy, loss, examples, timings and status
+    (ok; missing: deleted before it could be read; failed: with the error). A restart resumes
+    where the rows end. Stops on Ctrl-C, SIGTERM or SIGHUP; logs go to stderr.
+
+    Exit status: 0 stopped (or --once done); 2 configuration error (fix it); 3 --once left
+    something unevaluated (failed rows, unreadable state file, listed files absent); 75 the
+    database or the task's environment failed for now (restart it); 1 a bug.
 
     \b
     Examples:
@@ -115,13 +147,15 @@ def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, poll: 
         model_dir=model_dir, task=task_spec, db_url=resolve_url(db_url), once=once, poll=poll,
         poll_interval=poll_interval, rescan_interval=rescan_interval, wait_for_dir=wait_for_dir,
         ema=ema, ema_name=ema_name, device=device, batch_size=batch_size, stop_grace=stop_grace,
+        name=name, missing_grace=missing_grace, retries=retries, lease=lease, db_wait=db_wait,
     )
     return Service(options).run()
 
 
 @cli.command()
-@click.option("--last", type=click.IntRange(min=1), default=10, show_default=True, metavar="N",
-              help="How many evaluations to show per model directory (the highest steps).")
+@click.option("--last", type=click.IntRange(min=1, max=MAX_LAST), default=10, show_default=True, metavar="N",
+              help=f"How many evaluations to show per model directory and name (the highest steps); "
+                   f"a table shows at most {TABLE_ROWS}, JSON and CSV any number.")
 @click.option("--model-dir", type=click.Path(file_okay=False, path_type=str),
               help="Only this model directory. Default: every one in the database.")
 @db_option
@@ -130,9 +164,9 @@ def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, poll: 
 def report(last: int, model_dir: str | None, db_url: str | None, fmt: str) -> int:
     """Show the most recent evaluations, by step, the best accuracy marked.
 
-    JSON is a list of objects with model_dir, checkpoint, step, status, accuracy, loss,
-    examples, ema, best, timings (restore_seconds, eval_seconds) and ISO 8601 UTC times
-    (detected_at, started_at, evaluated_at).
+    JSON is a list of objects with model_dir, name, checkpoint, fingerprint, step, status,
+    accuracy, loss, examples, ema, best, timings (restore_seconds, eval_seconds) and ISO 8601 UTC
+    times (detected_at, started_at, evaluated_at). JSON and CSV are written as rows are read.
 
     \b
     Examples:
@@ -140,15 +174,73 @@ def report(last: int, model_dir: str | None, db_url: str | None, fmt: str) -> in
       evaluator report --model-dir ./model_dir --format json | jq '.[-1].accuracy'
     """
     from evaluator import report as report_module
-    from evaluator.store import Store, describe, resolve_url
+    from evaluator.store import SchemaMissing, Store, describe, resolve_url
 
+    directory = normalize_model_dir(model_dir) if model_dir else None
+    if fmt == "table" and last > TABLE_ROWS:
+        click.echo(f"evaluator: a table shows the last {TABLE_ROWS} rows per evaluation; "
+                   "--format csv or json for more", err=True)
+        last = TABLE_ROWS
     with Store.open(resolve_url(db_url), create=False) as store:
-        history = store.history(normalize_model_dir(model_dir) if model_dir else None, last)
-    if not history.rows and fmt == "table":
-        where = f" for {normalize_model_dir(model_dir)}" if model_dir else ""
-        click.echo(f"no evaluations recorded{where} in {describe(resolve_url(db_url))}", err=True)
+        try:
+            _render(store, directory, last, fmt)
+        except SchemaMissing:  # `watch` may be creating it this very moment
+            store.wait_for_schema(5.0)
+            _render(store, directory, last, fmt)
+    return 0
+
+
+def _render(store: Any, directory: str | None, last: int, fmt: str) -> None:
+    from evaluator import report as report_module
+    from evaluator.store import describe
+
+    with store.streaming_history(directory, last) as history:
+        if fmt != "table":
+            report_module.render(history, fmt, sys.stdout)
+            return
+        rows = list(history.rows)
+        if not rows:
+            where = f" for {directory}" if directory else ""
+            click.echo(f"no evaluations recorded{where} in {store.url}", err=True)
+            return
+        report_module.render(type(history)(rows=rows, best=history.best), fmt, sys.stdout)
+
+
+@cli.command()
+@click.option("--model-dir", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="The model directory whose rows to evaluate again.")
+@name_option
+@click.option("--status", "statuses", type=click.Choice([s.value for s in Status]), multiple=True,
+              default=[Status.FAILED.value], show_default=True,
+              help="Which rows (repeatable): failed by default; missing ones, or even ok ones.")
+@click.option("--checkpoint", metavar="NAME", help="Only this checkpoint (e.g. model.ckpt-1200).")
+@db_option
+def retry(model_dir: str, name: str, statuses: tuple[str, ...], checkpoint: str | None,
+          db_url: str | None) -> int:
+    """Evaluate recorded checkpoints again, e.g. after fixing the task.
+
+    Removes the matching rows so that `watch` evaluates those checkpoints again: a running
+    `evaluator watch` within its --rescan interval, else the next one (or `watch --once`). A
+    checkpoint whose files are gone by then gets a `missing` row.
+
+    \b
+    Examples:
+      evaluator retry --model-dir ./model_dir                     # every failed checkpoint
+      evaluator retry --model-dir ./model_dir --checkpoint model.ckpt-1200 --status ok
+    """
+    from evaluator.store import Store, resolve_url
+
+    directory = normalize_model_dir(model_dir)
+    with Store.open(resolve_url(db_url), create=False) as store:
+        removed = store.forget(directory, name, list(statuses), checkpoint)
+    if not removed:
+        what = f"{checkpoint} " if checkpoint else ""
+        click.echo(f"nothing to retry: no {'/'.join(statuses)} row {what}for {directory} (name {name})", err=True)
         return 0
-    report_module.render(history, fmt, sys.stdout)
+    for row in removed:
+        click.echo(f"{row.checkpoint}\tstep {row.step}\twas {row.status.value}")
+    click.echo(f"{len(removed)} checkpoint(s) will be evaluated again by `evaluator watch {directory}`"
+               + (f" --name {name}" if name != DEFAULT_NAME else ""), err=True)
     return 0
 
 
@@ -183,13 +275,16 @@ def upgrade(db_url: str | None) -> int:
 def current(db_url: str | None) -> int:
     """Show the database's schema revision and whether it needs `evaluator db upgrade`.
 
-    Exits 1 when an upgrade is needed, so scripts can test it.
+    Exits 1 when an upgrade is needed, so scripts can test it; 2 when a newer evaluator wrote it.
     """
-    from evaluator.store import Store, describe, resolve_url
+    from evaluator.errors import DatabaseError
+    from evaluator.store import SchemaState, Store, describe, resolve_url
 
     url = resolve_url(db_url)
     with Store.open(url, create=False) as store:
         revision = store.revision()
+        if store.schema_state() is SchemaState.AHEAD:
+            raise DatabaseError(store.newer_message())
     head = Store.head_revision()
     state = "up to date" if revision == head else f"needs `evaluator db upgrade` (newest is {head})"
     click.echo(f"{describe(url)}: revision {revision or 'none'}, {state}")

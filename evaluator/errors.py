@@ -10,6 +10,13 @@ EXIT_OK = 0
 EXIT_CRASH = 1
 #: The configuration can't work (arguments, task, database, model directory): fix it, don't restart.
 EXIT_CONFIG = 2
+#: `watch --once` finished, but not everything is evaluated: the state file was unreadable, or an
+#: evaluation of this run ended `failed`.
+EXIT_INCOMPLETE = 3
+#: Something outside the evaluator is in the way for now (the database locked, unreachable, deleted
+#: or replaced; the task or its environment failing on every try): a restart may succeed
+#: (EX_TEMPFAIL from sysexits.h). Nothing was lost: what has no row is evaluated again.
+EXIT_TEMPORARY = 75
 
 
 class EvaluatorError(Exception):
@@ -36,8 +43,30 @@ class DatabaseError(ConfigError):
     """The database URL is malformed, can't be opened, or holds a schema this version can't use."""
 
 
+class SchemaMissing(DatabaseError):
+    """The database has no evaluator schema (yet: `watch` may be creating it)."""
+
+
 class DeviceError(ConfigError):
     """The requested device (--device gpu) is not available."""
+
+
+class TemporaryError(EvaluatorError):
+    """Something outside the evaluator is in the way for now; a restart (by systemd) may succeed."""
+
+    exit_code = EXIT_TEMPORARY
+
+
+class DatabaseUnavailable(TemporaryError):
+    """The database stayed locked or unreachable at start-up for longer than --db-wait."""
+
+
+class DatabaseGone(TemporaryError):
+    """The database file was deleted or replaced, or lost its schema, while `watch` ran."""
+
+
+class FaultsExhausted(TemporaryError):
+    """The task or its environment failed on --retries consecutive tries; the checkpoints stay pending."""
 
 
 class StoreWriteError(EvaluatorError):
@@ -54,6 +83,16 @@ class CheckpointError(EvaluatorError):
 
 class CheckpointMissing(CheckpointError):
     """The checkpoint's files are gone (deleted by `max_to_keep`); it is recorded as `missing`."""
+
+
+class CheckpointIncomplete(CheckpointError):
+    """A read of the checkpoint came up short or garbled: it may still be being written (a slow copy,
+    a network file system). Retried while its files change; `failed` once they have settled."""
+
+
+class EvaluationFault(EvaluatorError):
+    """Evaluating failed for a reason that is not the checkpoint's (the validation data, the task's
+    code, the machine): the checkpoint stays pending and is tried again with backoff."""
 
 
 class Abandoned(BaseException):

@@ -4,7 +4,9 @@ otherwise. Everything goes to stderr, so commands' stdout stays clean for pipes.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import sys
 from typing import IO, Any
@@ -28,7 +30,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: IO[str] | None = N
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     else:
         shared.append(structlog.processors.format_exc_info)
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_json_dumps)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -48,6 +50,21 @@ def configure(fmt: str = "auto", level: str = "info", stream: IO[str] | None = N
     # Chatty libraries: their warnings are worth seeing, their info lines are not ours to show.
     for name in ("alembic", "watchdog", "tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as strings: JSON has no such numbers, and a log line must stay valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _json_dumps(event: Any, **kwargs: Any) -> str:
+    return json.dumps(_finite(event), allow_nan=False, **kwargs)
 
 
 def quiet_tensorflow() -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 from evaluator.checkpoints import EMA_NAME
+from evaluator.evaluation import DEFAULT_NAME
 
 DEVICES = ("auto", "cpu", "gpu")
 LOG_FORMATS = ("auto", "console", "json")
@@ -33,3 +36,20 @@ class WatchOptions:
     batch_size: int | None = None
     #: Seconds an evaluation in progress may take to finish after SIGTERM before it is abandoned.
     stop_grace: float = 20.0
+    #: The evaluation's name: part of every row's key (several evaluations of one directory).
+    name: str = DEFAULT_NAME
+    #: Seconds a listed checkpoint may stay absent from disk (while newer ones are there) before
+    #: it is recorded `missing`.
+    missing_grace: float = 60.0
+    #: Consecutive task or environment faults tolerated (each retried with backoff) before exiting 75.
+    retries: int = 5
+    #: Seconds before the first retry after a fault; it doubles with each.
+    retry_delay: float = 1.0
+    #: Seconds a claim lives without a heartbeat.
+    lease: float = 90.0
+    #: Seconds start-up waits for a locked or unreachable database before exiting 75.
+    db_wait: float = 60.0
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the numbers an evaluation records (stored with each row, compared at start)."""
+        return {"task": self.task, "ema": self.ema, "ema_name": self.ema_name if self.ema else None}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import json
 from datetime import datetime
+from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from evaluator.evaluation import Evaluation, History, Status
+from evaluator.evaluation import DEFAULT_NAME, Evaluation, History, Status
 
 if TYPE_CHECKING:  # pragma: no cover - rich is imported when a table is drawn (JSON and CSV don't need it)
     from rich.table import Table
@@ -15,22 +16,22 @@ if TYPE_CHECKING:  # pragma: no cover - rich is imported when a table is drawn (
 FORMATS = ("table", "json", "csv")
 #: The fields of each JSON object / CSV column, in order.
 FIELDS = (
-    "model_dir", "checkpoint", "step", "status", "accuracy", "loss", "examples", "ema", "best",
-    "restore_seconds", "eval_seconds", "device", "detected_at", "started_at", "evaluated_at", "error",
+    "model_dir", "name", "checkpoint", "fingerprint", "step", "status", "accuracy", "loss", "examples", "ema",
+    "best", "restore_seconds", "eval_seconds", "device", "detected_at", "started_at", "evaluated_at", "error",
 )
 _NOTE_WIDTH = 70
 
 
-def records(history: History) -> list[dict[str, Any]]:
-    """One plain dict per row (ISO 8601 UTC times), the shape of the JSON and CSV outputs."""
-    return [_record(row, history.is_best(row)) for row in history.rows]
+def records(history: History) -> Iterator[dict[str, Any]]:
+    """One plain dict per row (ISO 8601 UTC times), the shape of the JSON and CSV outputs, as the
+    rows come (a report of any size in constant memory)."""
+    return (_record(row, history.is_best(row)) for row in history.rows)
 
 
 def render(history: History, fmt: str, out: IO[str]) -> None:
     """Write `history` to `out` as `fmt` (one of FORMATS)."""
     if fmt == "json":
-        json.dump(records(history), out, indent=2)
-        out.write("\n")
+        _json_array(records(history), out)
     elif fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
         writer.writeheader()
@@ -39,6 +40,15 @@ def render(history: History, fmt: str, out: IO[str]) -> None:
         _tables(history, out)
     else:
         raise ValueError(f"unknown format {fmt!r}")
+
+
+def _json_array(items: Iterator[dict[str, Any]], out: IO[str]) -> None:
+    """A JSON array written item by item, laid out like json.dump(..., indent=2)."""
+    separator = "["
+    for item in items:
+        out.write(separator + "\n  " + json.dumps(item, indent=2).replace("\n", "\n  "))
+        separator = ","
+    out.write("[]\n" if separator == "[" else "\n]\n")
 
 
 def _record(row: Evaluation, best: bool) -> dict[str, Any]:
@@ -55,20 +65,21 @@ def _tables(history: History, out: IO[str]) -> None:
     from rich.console import Console
 
     console = Console(file=out, width=None if out.isatty() else 160, highlight=False)
-    for model_dir in dict.fromkeys(row.model_dir for row in history.rows):
-        rows = [row for row in history.rows if row.model_dir == model_dir]
-        console.print(_table(model_dir, rows, history))
+    for model_dir, name in dict.fromkeys((row.model_dir, row.name) for row in history.rows):
+        rows = [row for row in history.rows if (row.model_dir, row.name) == (model_dir, name)]
+        console.print(_table(model_dir, name, rows, history))
         console.print()
 
 
-def _table(model_dir: str, rows: list[Evaluation], history: History) -> Table:
+def _table(model_dir: str, name: str, rows: list[Evaluation], history: History) -> Table:
     from rich import box
     from rich.table import Table
 
-    best = history.best.get(model_dir)
+    best = history.best.get((model_dir, name))
     caption = (f"★ best: step {best.step}, accuracy {best.accuracy:.4f} ({best.checkpoint})"
                if best is not None and best.accuracy is not None else "no successful evaluation yet")
-    table = Table(title=model_dir, caption=caption, box=box.SIMPLE_HEAD, title_justify="left",
+    title = model_dir if name == DEFAULT_NAME else f"{model_dir} ({name})"
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, title_justify="left",
                   caption_justify="left")
     for name, justify in (("step", "right"), ("accuracy", "right"), ("loss", "right"),
                           ("examples", "right"), ("ema", "center"), ("status", "left"),

@@ -19,13 +19,26 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
 
 from evaluator import checkpoints
-from evaluator.errors import CheckpointError, CheckpointMissing, TaskError, first_line
+from evaluator.errors import (
+    CheckpointError,
+    CheckpointIncomplete,
+    CheckpointMissing,
+    EvaluationFault,
+    TaskError,
+    first_line,
+)
 
 #: Where an object-based checkpoint stores its object graph.
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 #: The variable the step is read from; the `-N` suffix of the name is the fallback.
 GLOBAL_STEP = "global_step"
 _NAMES_SHOWN = 8
+#: Errors of a read that came up short or garbled: a checkpoint still being copied looks like this.
+_SHORT_READ = (tf.errors.OutOfRangeError, tf.errors.DataLossError, DecodeError)
+#: Errors that say the machine is in the way, not the checkpoint (too many open files, no memory,
+#: permissions, I/O): the checkpoint stays pending and is retried.
+_ENVIRONMENT = (tf.errors.ResourceExhaustedError, tf.errors.UnavailableError, tf.errors.PermissionDeniedError,
+                tf.errors.InternalError, tf.errors.UnknownError, tf.errors.AbortedError, OSError, MemoryError)
 
 
 @dataclass(frozen=True)
@@ -99,10 +112,15 @@ class Restorer:
             with self._graph.as_default():  # else Saver.restore takes the eager path
                 self._saver(plan).restore(session, checkpoint.path)
             step = _read_step(reader, catalog)
-        except (tf.errors.OpError, ValueError, DecodeError) as err:
+        except (*_SHORT_READ, *_ENVIRONMENT, tf.errors.OpError, ValueError) as err:
             if not checkpoints.exists(checkpoint.path):  # deleted while we were reading it
                 raise _missing(checkpoint) from err
-            raise CheckpointError(f"cannot restore {checkpoint.name}: {type(err).__name__}: {first_line(err)}") from err
+            message = f"cannot restore {checkpoint.name}: {type(err).__name__}: {first_line(err)}"
+            if isinstance(err, _SHORT_READ):
+                raise CheckpointIncomplete(message) from err
+            if isinstance(err, _ENVIRONMENT):
+                raise EvaluationFault(message) from err
+            raise CheckpointError(message) from err
         return RestoreInfo(
             step=step if step is not None else checkpoint.name_step,
             ema=plan.ema,

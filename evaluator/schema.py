@@ -1,4 +1,5 @@
-"""The database schema: the `evaluations` table, one row per (model directory, checkpoint).
+"""The database schema: `evaluations`, one row per (model directory, evaluation name, checkpoint,
+fingerprint), and `claims`, the checkpoints an evaluator is evaluating now (owner, expiry).
 
 Changes here need a migration in `migrations/versions/` (`alembic revision --autogenerate`);
 `tests/test_migrations.py` fails when the two disagree.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     DateTime,
     Float,
@@ -62,17 +64,19 @@ class EvaluationRow(Base):
 
     __tablename__ = "evaluations"
     __table_args__ = (
-        UniqueConstraint("model_dir", "checkpoint"),
-        Index(None, "model_dir", "step"),
-        # The best accuracy of a model directory without reading all its rows (`report`).
-        Index(None, "model_dir", "status", "accuracy"),
+        UniqueConstraint("model_dir", "name", "checkpoint", "fingerprint"),
+        Index(None, "model_dir", "name", "step"),
+        # The best accuracy of an evaluation without reading all its rows (`report`).
+        Index(None, "model_dir", "name", "status", "accuracy"),
         CheckConstraint(f"status IN {STATUSES!r}", name="status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_dir: Mapped[str] = mapped_column(String(4096))
+    name: Mapped[str] = mapped_column(String(255), server_default="default")
     checkpoint: Mapped[str] = mapped_column(String(4096))
-    step: Mapped[int | None] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64), server_default="")
+    step: Mapped[int | None] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16))
     accuracy: Mapped[float | None] = mapped_column(Float)
     loss: Mapped[float | None] = mapped_column(Float)
@@ -85,3 +89,22 @@ class EvaluationRow(Base):
     detected_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     evaluated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: JSON: the task, EMA and batch settings the row was evaluated with.
+    settings: Mapped[str | None] = mapped_column(Text)
+
+
+class ClaimRow(Base):
+    """A checkpoint an evaluator is evaluating now; taken over by another once `expires_at` passes."""
+
+    __tablename__ = "claims"
+    __table_args__ = (UniqueConstraint("model_dir", "name", "checkpoint", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_dir: Mapped[str] = mapped_column(String(4096))
+    name: Mapped[str] = mapped_column(String(255))
+    checkpoint: Mapped[str] = mapped_column(String(4096))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    #: host:pid:random of the evaluator holding it.
+    owner: Mapped[str] = mapped_column(String(255), index=True)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

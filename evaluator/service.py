@@ -1,71 +1,71 @@
-"""The daemon: start-up, the loop that evaluates every listed checkpoint exactly once, shutdown.
+"""The daemon: start-up, the loop that evaluates every checkpoint exactly once, shutdown.
 
-    wake (state-file event, re-scan tick, start-up)
-      -> pending = checkpoints listed in the state file (now or since the last pass) without a row
-      -> for each, oldest step first: restore (EMA) -> validate -> record one row -> log, STATUS
+    wake (state-file event, an `.index` written, re-scan tick, start-up)
+      -> pending = checkpoints seen (state file, files on disk) without a row     (backlog.py)
+      -> for each, oldest step first: claim -> restore (EMA) -> validate -> record one row
+         (and drop the claim) -> log, STATUS
       -> wait for the next wake
 
-The watcher only reads the state file and wakes the loop; what is pending is derived from state
-file reads and the database, never from events, so a missed event delays a checkpoint (until the
-next tick) and a restart resumes exactly where the rows end.
+The watcher only reads the state file and wakes the loop; what is pending is derived from what
+was seen and from the database, never from events alone, so a missed event delays a checkpoint
+(until the next tick) and a restart resumes exactly where the rows end.
+
+What one checkpoint can do ends in its row: `ok`, `failed` (it can't be restored, or its results
+are not finite) or `missing`. What is not the checkpoint's fault (the validation data, the task's
+code, the machine) leaves it pending and is retried with backoff; after --retries consecutive
+faults the daemon exits 75 so that a supervisor restarts it once the cause is fixed.
 """
 
 from __future__ import annotations
 
-import itertools
+import math
 import os
 import threading
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from evaluator import checkpoints, log
+from evaluator.backlog import Backlog, Pending, utcnow
 from evaluator.checkpoints import Checkpoint
+from evaluator.claims import Heartbeat, owner_id
 from evaluator.errors import (
+    EXIT_INCOMPLETE,
     EXIT_OK,
     Abandoned,
     CheckpointError,
+    CheckpointIncomplete,
     CheckpointMissing,
+    DatabaseError,
+    EvaluationFault,
+    FaultsExhausted,
     ModelDirError,
     StateFileError,
     StoreWriteError,
+    TemporaryError,
     first_line,
 )
-from evaluator.evaluation import Evaluation, Status
+from evaluator.evaluation import CheckpointKey, Evaluation, Status
 from evaluator.notify import Notifier
 from evaluator.options import WatchOptions
 from evaluator.shutdown import Shutdown
-from evaluator.store import Store, describe
+from evaluator.store import Claim, Store, describe
 from evaluator.task import batch_size_of, load_task
 from evaluator.watcher import Watcher
 
 if TYPE_CHECKING:  # pragma: no cover - the model module imports TensorFlow; it is loaded at start-up
     from evaluator.model import EvalModel
 
-#: Longest pause between retries of a failed database write.
+#: Longest pause between retries of a failed database write, or after an evaluation fault.
 MAX_RETRY_DELAY = 60.0
 #: How often to look for the model directory while it is missing.
 MISSING_DIR_TICK = 1.0
-
-
-@dataclass(frozen=True)
-class _Seen:
-    """A checkpoint without a row, and when it was first seen."""
-
-    checkpoint: Checkpoint
-    detected_at: datetime
-    order: int
-    #: Listed in the state file (False: only its `.index` was seen being written so far).
-    listed: bool = True
-
-    @property
-    def sort_key(self) -> tuple[bool, int, int]:
-        step = self.checkpoint.name_step
-        return step is None, step or 0, self.order
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+#: A short read is retried while the checkpoint's files change, or changed this recently (seconds)...
+SETTLE_SECONDS = 3.0
+#: ...at most this many times (backoff 0.5, 1, 2, 4, 8, 8, 8 s: about half a minute).
+MAX_SHORT_READS = 8
+#: Up to this many new checkpoints are logged one line each; more make one summary line.
+DETAIL_LINES = 10
 
 
 class Service:
@@ -80,52 +80,69 @@ class Service:
         self.store: Store | None = None
         self.model: EvalModel | None = None
         self.watcher: Watcher | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.backlog = Backlog(self.model_dir, grace=options.missing_grace)
+        self.owner = owner_id()
+        self._settings = options.settings()
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._seen: dict[str, _Seen] = {}
-        self._recorded: set[str] = set()
-        #: Name families (`model.ckpt`) of the checkpoints the state file has listed.
-        self._families: set[str] = set()
-        self._order = itertools.count()
         self._state_problem: str | None = None
-        self._ignored_paths: set[str] = set()
         self._present: bool | None = None
         self._last: Evaluation | None = None
+        self._last_rescan = -math.inf
+        self._consecutive_faults = 0
+        self._failed_this_run = 0
 
     # -- the whole run ----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Start, evaluate until stopped (or once), stop. Raises ConfigError for what can't work."""
+        """Start, evaluate until stopped (or once), stop; returns the exit status. Raises ConfigError
+        for what can't work, TemporaryError for what may work after a restart."""
         with self.shutdown.handling_signals(on_signal=self._wake.set):
             try:
                 self._start()
                 self._loop()
+            except TemporaryError as err:
+                self.log.error("exiting to be restarted", error=str(err), exit_code=err.exit_code)
+                raise
             finally:
                 self._stop()
-        return EXIT_OK
+        return self._exit_code()
 
     def _start(self) -> None:
         # Every check of the configuration comes before the database is touched: bad input
         # writes nothing (not even a new, empty database).
         self._check_model_dir()
-        Store.check_url(self.options.db_url)
+        Store.check_durable(self.options.db_url)
         self.log.info("starting", task=self.options.task, db=describe(self.options.db_url),
-                      device=self.options.device, ema=self.options.ema,
+                      name=self.options.name, device=self.options.device, ema=self.options.ema,
                       mode="once" if self.options.once else ("poll" if self.options.poll else "events"))
         log.quiet_tensorflow()
         self.model = self._build(load_task(self.options.task))
-        self.store = Store.open(self.options.db_url, create=True)
-        self.store.upgrade()
-        self._recorded = self.store.recorded(self.model_dir)
+        self.store = Store.prepare(self.options.db_url, wait=self.options.db_wait, on_retry=self._db_retry)
+        self._check_settings()
+        self.backlog.set_recorded(self.store.recorded(self.model_dir, self.options.name))
         self.log.info("database ready", db=describe(self.options.db_url), revision=self.store.revision(),
-                      recorded=len(self._recorded))
+                      recorded=self.backlog.recorded_count())
+        self.heartbeat = Heartbeat(self.store, self.owner, self.options.lease)
+        self.heartbeat.start()
         if not self.options.once:
             self.watcher = Watcher(self.model_dir, self._on_change, on_written=self._on_written,
                                    poll=self.options.poll, poll_interval=self.options.poll_interval)
             self.watcher.start()
         self.notifier.ready(self._status_line())
 
+    def _db_retry(self, reason: str, delay: float) -> None:
+        self.log.warning("database unavailable at start; retrying", error=reason, retry_in=delay)
+        self.notifier.status(f"waiting for the database: {reason}")
+
     def _check_model_dir(self) -> None:
+        try:
+            self.model_dir.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ModelDirError(
+                f"model directory {self.model_dir!r} is not valid UTF-8: rows name it as text; rename it"
+            ) from None
         if os.path.isdir(self.model_dir) or self.options.wait_for_dir:
             return
         if os.path.exists(self.model_dir):
@@ -134,6 +151,17 @@ class Service:
             f"model directory {self.options.model_dir} does not exist "
             "(pass --wait-for-dir to wait for training to create it)"
         )
+
+    def _check_settings(self) -> None:
+        """Warn when this evaluation name's rows were recorded with other settings."""
+        assert self.store is not None
+        before = self.store.settings(self.model_dir, self.options.name)
+        if before is None or before == self._settings:
+            return
+        differ = {key: {"recorded": before.get(key), "now": self._settings.get(key)}
+                  for key in sorted(set(before) | set(self._settings)) if before.get(key) != self._settings.get(key)}
+        self.log.warning("this evaluation name was recorded with other settings; new rows will differ "
+                         "(give --name to keep evaluations apart)", name=self.options.name, differ=differ)
 
     def _build(self, task: Any) -> EvalModel:
         from evaluator.model import EvalModel  # imports TensorFlow
@@ -153,12 +181,34 @@ class Service:
         self.notifier.stopping()
         if self.watcher is not None:
             self.watcher.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         if self.model is not None:
             self.model.close()
         if self.store is not None:
+            try:
+                self.store.release_claims(self.owner)
+            except (DatabaseError, StoreWriteError, TemporaryError) as err:  # they expire by themselves
+                self.log.warning("cannot release claims; they expire after the lease", error=str(err))
             self.store.release()
         self.notifier.close()
         self.log.info("stopped")
+
+    def _exit_code(self) -> int:
+        """--once: EXIT_INCOMPLETE when something could not be evaluated, so cron and CI notice."""
+        if not self.options.once or self.shutdown.requested:
+            return EXIT_OK
+        waiting = [p.checkpoint.name for p in self.backlog.waiting_for_files()]
+        problems = {
+            "state file unreadable": self._state_problem,
+            "failed evaluations": self._failed_this_run or None,
+            "listed checkpoints not on disk": waiting[:5] or None,
+        }
+        problems = {key: value for key, value in problems.items() if value}
+        if not problems:
+            return EXIT_OK
+        self.log.warning("--once done, but not everything was evaluated", exit_code=EXIT_INCOMPLETE, **problems)
+        return EXIT_INCOMPLETE
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -167,24 +217,37 @@ class Service:
             present = self._ensure_watch()
             if present or (self.options.once and not self.options.wait_for_dir):
                 self.evaluate_pending()
-                if self.options.once:
+                if self.options.once and self.backlog.next_due_in() is None:
                     return
             self._idle(present)
 
     def evaluate_pending(self) -> int:
-        """Evaluate every listed checkpoint that has no row yet, oldest step first; returns how many."""
+        """Evaluate every pending checkpoint that is due, oldest step first; returns how many rows."""
         self._wake.clear()  # before reading: a change from now on wakes the next pass
         self._observe()
-        done = 0
-        for seen in self._pending():
+        if time.monotonic() - self._last_rescan >= self.options.rescan_interval:
+            self._rescan()
+        due = self.backlog.due()
+        absent = [p for p in due if not checkpoints.exists(p.checkpoint.path)]
+        done = self._settle_absent(absent)
+        skip = {p.checkpoint.name for p in absent}
+        for pending in due:
             if self.shutdown.requested:
                 break
-            if not seen.listed and checkpoints.exists(seen.checkpoint.path):
-                continue  # written, not yet in the state file: that file decides, once it lists it
-            evaluation = self._evaluate(seen)
-            if evaluation is None:  # abandoned for shutdown
+            if pending.checkpoint.name in skip:
+                continue
+            try:
+                evaluation = self._attempt(pending)
+            except Abandoned:
+                self.log.warning("evaluation abandoned for shutdown; it runs again at the next start",
+                                 checkpoint=pending.checkpoint.name)
                 break
-            self._record(evaluation)
+            if evaluation is None:
+                if self._consecutive_faults:
+                    break  # the task or the machine is failing: wait for the backoff
+                continue
+            if not self._record(pending, evaluation):
+                break
             done += 1
         return done
 
@@ -193,6 +256,9 @@ class Service:
             self.store.release()
         self.notifier.ping()
         timeout = self.options.rescan_interval if present else min(self.options.rescan_interval, MISSING_DIR_TICK)
+        due_in = self.backlog.next_due_in()
+        if due_in is not None:
+            timeout = min(timeout, due_in)
         if self.notifier.watchdog_interval:
             timeout = min(timeout, self.notifier.watchdog_interval / 2)
         self._wake.wait(timeout)
@@ -221,45 +287,48 @@ class Service:
         self._wake.set()
 
     def _observe(self) -> None:
-        """Read the state file and remember the listed checkpoints that have no row yet."""
+        """Read the state file and add the listed checkpoints without a row to the backlog."""
         try:
             state = checkpoints.read_state(self.model_dir)
         except StateFileError as err:
             self._state_file_problem(str(err))
             return
         self._state_file_problem(None)
-        detected_at = utcnow()
-        new: list[Checkpoint] = []
-        with self._lock:
-            for ckpt in state.checkpoints:
-                self._families.add(checkpoints.family(ckpt.name))
-                seen = self._seen.get(ckpt.name)
-                if seen is not None and not seen.listed:
-                    self._seen[ckpt.name] = replace(seen, listed=True)
-                elif seen is None and ckpt.name not in self._recorded:
-                    self._seen[ckpt.name] = _Seen(ckpt, detected_at, next(self._order))
-                    new.append(ckpt)
-            ignored = [p for p in state.ignored if p not in self._ignored_paths]
-            self._ignored_paths.update(ignored)
+        new, ignored = self.backlog.observe(state)
         for path in ignored:
             self.log.warning("state file lists a path outside the model directory; ignored", path=path)
-        for ckpt in new:
-            self.log.info("checkpoint detected", checkpoint=ckpt.name, step=ckpt.name_step, source="state file")
+        self._log_detected(new, "state file")
 
     def _on_written(self, prefix: str) -> None:
-        """From the watcher's thread: a checkpoint's index appeared. If it belongs to a family the
-        state file lists, remember it, so that even if it is deleted before we read a state file
-        listing it, it still gets its row (`missing`)."""
+        """From the watcher's thread: a checkpoint's index appeared. In a family the state file
+        lists, it is pending even before (or without) the state file listing it: it gets its row
+        even if `max_to_keep` deletes it before any read of the state file, or if the state file
+        lists only the newest (`Saver(max_to_keep=0)`)."""
         ckpt = checkpoints.at(self.model_dir, prefix)
         if ckpt is None:
             return
-        with self._lock:
-            if (checkpoints.family(ckpt.name) not in self._families or ckpt.name in self._recorded
-                    or ckpt.name in self._seen):
-                return
-            self._seen[ckpt.name] = _Seen(ckpt, utcnow(), next(self._order), listed=False)
-        self.log.info("checkpoint detected", checkpoint=ckpt.name, step=ckpt.name_step, source="index written")
+        self._log_detected(self.backlog.found_on_disk([ckpt]), "index written")
         self._wake.set()
+
+    def _rescan(self) -> None:
+        """The safety net, every --rescan seconds: rows written by others (or removed by `evaluator
+        retry`), and checkpoints on disk that no event or state file reported."""
+        assert self.store is not None
+        self._last_rescan = time.monotonic()
+        try:
+            self.backlog.set_recorded(self.store.recorded(self.model_dir, self.options.name))
+        except DatabaseError as err:
+            self.log.warning("cannot read the database; will try again", error=str(err))
+        found = checkpoints.scan(self.model_dir, self.backlog.families)
+        self._log_detected(self.backlog.found_on_disk(found), "directory scan")
+
+    def _log_detected(self, new: list[Checkpoint], source: str) -> None:
+        if len(new) <= DETAIL_LINES:
+            for ckpt in new:
+                self.log.info("checkpoint detected", checkpoint=ckpt.name, step=ckpt.name_step, source=source)
+        else:
+            self.log.info("checkpoints detected", count=len(new), first=new[0].name, last=new[-1].name,
+                          source=source)
 
     def _state_file_problem(self, problem: str | None) -> None:
         with self._lock:
@@ -269,72 +338,190 @@ class Service:
         elif changed:
             self.log.info("state file readable again")
 
-    def _pending(self) -> list[_Seen]:
-        with self._lock:
-            return sorted(self._seen.values(), key=lambda seen: seen.sort_key)
+    def _settle_absent(self, absent: list[Pending]) -> int:
+        """Record the absent checkpoints that count as missing, in one transaction; the others wait
+        for their files. Returns how many rows were written."""
+        missing = [p for p in absent if self.backlog.is_missing(p, once=self.options.once)]
+        if not self.options.once:
+            decided = {p.checkpoint.name for p in missing}
+            for pending in absent:
+                if pending.checkpoint.name not in decided:
+                    self.backlog.defer(pending, min(self.options.rescan_interval, max(0.2, self.backlog.grace / 4)))
+        if not missing:
+            return 0
+        now = utcnow()
+        rows = [replace(self._base(p, "", now), status=Status.MISSING, error=self._missing_reason(p), started_at=None)
+                for p in missing]
+        inserted = self._write("record missing checkpoints", lambda: self.store.record_many(rows),  # type: ignore[union-attr]
+                               checkpoint=missing[0].checkpoint.name)
+        if inserted is None:
+            return 0
+        for pending in missing:
+            self.backlog.done(pending, None)
+        if len(rows) <= 3:
+            for row in rows:
+                self._log_evaluation(row)
+        else:
+            self.log.warning("checkpoints missing", count=len(rows), first=rows[0].checkpoint,
+                             last=rows[-1].checkpoint, status=Status.MISSING.value, error=rows[0].error)
+        self.notifier.status(self._status_line())
+        return inserted
+
+    def _missing_reason(self, pending: Pending) -> str:
+        if pending.seen_on_disk:
+            return f"{pending.checkpoint.name} was deleted before it could be read (training's max_to_keep?)"
+        return (f"{pending.checkpoint.name} is listed in the state file but never appeared on disk "
+                + ("while newer checkpoints did" if self.options.once
+                   else f"within {self.backlog.grace:g} s while newer checkpoints did"))
 
     # -- one checkpoint ---------------------------------------------------------------------
 
-    def _evaluate(self, seen: _Seen) -> Evaluation | None:
-        """Restore and validate one checkpoint; None when shutdown abandoned it."""
+    def _base(self, pending: Pending, fingerprint: str, started_at: Any) -> Evaluation:
+        ckpt = pending.checkpoint
+        return Evaluation(model_dir=self.model_dir, checkpoint=ckpt.name, step=ckpt.name_step,
+                          status=Status.FAILED, evaluated_at=started_at, name=self.options.name,
+                          fingerprint=fingerprint, settings=self._settings,
+                          device=self.model.device if self.model else None,
+                          detected_at=pending.detected_at, started_at=started_at)
+
+    def _attempt(self, pending: Pending) -> Evaluation | None:
+        """Claim and evaluate one checkpoint on disk; None when it stays pending (claimed by another
+        evaluator, recorded meanwhile, a short read or a fault to retry)."""
+        assert self.store is not None and self.heartbeat is not None
+        ckpt = pending.checkpoint
+        fingerprint = checkpoints.fingerprint(ckpt.path)
+        if fingerprint is None:
+            return None  # deleted since the look: the next pass records it missing
+        self.backlog.saw_on_disk(pending)
+        key = CheckpointKey(self.model_dir, self.options.name, ckpt.name, fingerprint)
+        claim = self._write("claim the checkpoint",
+                            lambda: self.store.claim(key, self.owner, self.options.lease),  # type: ignore[union-attr]
+                            checkpoint=ckpt.name)
+        if claim is None:
+            raise Abandoned("shutdown")
+        if claim is Claim.RECORDED:
+            self.backlog.done(pending, fingerprint)
+            return None
+        if claim is Claim.HELD:
+            self.log.debug("claimed by another evaluator", checkpoint=ckpt.name)
+            self.backlog.defer(pending, min(self.options.lease / 3, 5.0))
+            return None
+        self.heartbeat.holding.set()
+        try:
+            return self._evaluate(pending, fingerprint)
+        except (CheckpointIncomplete, EvaluationFault, Abandoned) as err:
+            self._write("release the claim", lambda: self.store.release_claims(self.owner, key),  # type: ignore[union-attr]
+                        checkpoint=ckpt.name)
+            if isinstance(err, Abandoned):
+                raise
+            if isinstance(err, CheckpointIncomplete):
+                if self._retry_short_read(pending, err):
+                    return None
+                return replace(self._base(pending, fingerprint, utcnow()), error=str(err))
+            return self._fault(pending, fingerprint, err)
+        finally:
+            self.heartbeat.holding.clear()
+
+    def _evaluate(self, pending: Pending, fingerprint: str) -> Evaluation:
+        """Restore and validate one checkpoint: its row (ok, failed, missing). Raises
+        CheckpointIncomplete, EvaluationFault and Abandoned for the caller to decide."""
         assert self.model is not None
-        ckpt = seen.checkpoint
-        self.notifier.status(f"evaluating {ckpt.name} ({len(self._seen)} pending)")
-        started_at = utcnow()
-        base = Evaluation(model_dir=self.model_dir, checkpoint=ckpt.name, step=ckpt.name_step,
-                          status=Status.FAILED, evaluated_at=started_at, device=self.model.device,
-                          detected_at=seen.detected_at, started_at=started_at)
+        ckpt = pending.checkpoint
+        self.notifier.status(f"evaluating {ckpt.name} ({len(self.backlog)} pending)")
+        base = self._base(pending, fingerprint, utcnow())
         try:
             outcome = self.model.evaluate(ckpt, progress=self._progress)
-        except Abandoned:
-            self.log.warning("evaluation abandoned for shutdown; it runs again at the next start",
-                             checkpoint=ckpt.name)
-            return None
+        except (CheckpointIncomplete, EvaluationFault):
+            raise
         except CheckpointMissing as err:
             return replace(base, status=Status.MISSING, error=str(err), evaluated_at=utcnow())
         except CheckpointError as err:
             return replace(base, error=str(err), evaluated_at=utcnow())
-        except Exception as err:  # anything else one checkpoint can do must not end the daemon
-            self.log.exception("evaluation raised", checkpoint=ckpt.name)
-            return replace(base, error=f"{type(err).__name__}: {first_line(err)}", evaluated_at=utcnow())
+        except Exception as err:  # anything else is not known to be the checkpoint's doing
+            raise EvaluationFault(f"{type(err).__name__}: {first_line(err)}") from err
         metrics = outcome.metrics
+        self._consecutive_faults = 0
         return replace(base, status=Status.OK, step=outcome.step, accuracy=metrics.accuracy,
                        loss=metrics.loss, examples=metrics.examples, ema=outcome.ema,
                        restore_seconds=outcome.restore_seconds, eval_seconds=metrics.seconds,
                        evaluated_at=utcnow())
+
+    def _retry_short_read(self, pending: Pending, err: CheckpointIncomplete) -> bool:
+        """Whether to try a short read again: while the checkpoint's files are still changing."""
+        files = checkpoints.snapshot(pending.checkpoint.path)
+        newest = max((mtime for _, _, mtime in files), default=0) / 1e9
+        growing = files != pending.files or time.time() - newest < SETTLE_SECONDS
+        pending.files = files
+        pending.short_reads += 1
+        if not growing or pending.short_reads >= MAX_SHORT_READS:
+            return False
+        delay = min(0.5 * 2 ** (pending.short_reads - 1), 8.0)
+        self.log.info("checkpoint read came up short; still being written? will retry",
+                      checkpoint=pending.checkpoint.name, error=str(err), retry_in=delay, tries=pending.short_reads)
+        self.backlog.defer(pending, delay)
+        return True
+
+    def _fault(self, pending: Pending, fingerprint: str, err: EvaluationFault) -> Evaluation | None:
+        """A fault that is not the checkpoint's: retry with backoff; give up on the daemon after
+        --retries in a row, or on this checkpoint alone after --retries while others succeeded."""
+        self._consecutive_faults += 1
+        pending.faults += 1
+        tries, limit = self._consecutive_faults, self.options.retries
+        if tries >= limit:
+            raise FaultsExhausted(
+                f"evaluating failed {tries} times in a row for a reason that is not the checkpoints' own: "
+                f"{err}. Fix the task or its environment; the checkpoints stay pending"
+            )
+        if pending.faults >= limit:  # other checkpoints succeeded meanwhile: it is this one's
+            self._consecutive_faults = 0
+            return replace(self._base(pending, fingerprint, utcnow()), error=str(err))
+        delay = min(self.options.retry_delay * 2 ** (tries - 1), MAX_RETRY_DELAY)
+        self.log.warning("evaluation failed, not for the checkpoint's sake; will retry",
+                         checkpoint=pending.checkpoint.name, error=str(err), retry_in=delay, tries=tries, limit=limit)
+        self.notifier.status(f"evaluation failing, retry in {delay:g} s: {err}")
+        self.backlog.defer(pending, delay)
+        return None
 
     def _progress(self, examples: int) -> None:
         """After each validation batch: the loop is alive; give up if shutdown's grace is over."""
         self.notifier.ping()
         self.shutdown.check()
 
-    def _record(self, evaluation: Evaluation) -> None:
-        """Write the row, retrying while the database refuses; gives up only on shutdown."""
-        assert self.store is not None
-        delay = 1.0
-        while True:
-            try:
-                inserted = self.store.record(evaluation)
-                break
-            except StoreWriteError as err:
-                self.log.warning("cannot record the evaluation; will retry", checkpoint=evaluation.checkpoint,
-                                 error=str(err), retry_in=delay)
-                self.notifier.status(f"cannot write the database, retrying: {err}")
-                if self._sleep(delay):
-                    self.log.error("stopping with an unrecorded result; the checkpoint runs again at the next start",
-                                   checkpoint=evaluation.checkpoint)
-                    return
-                delay = min(delay * 2, MAX_RETRY_DELAY)
-        with self._lock:
-            self._recorded.add(evaluation.checkpoint)
-            self._seen.pop(evaluation.checkpoint, None)
+    def _record(self, pending: Pending, evaluation: Evaluation) -> bool:
+        """Write the row (dropping our claim), retrying while the database refuses; False when
+        shutdown came first (no row: the checkpoint runs again at the next start)."""
+        inserted = self._write("record the evaluation",
+                               lambda: self.store.record(evaluation, self.owner),  # type: ignore[union-attr]
+                               checkpoint=evaluation.checkpoint)
+        if inserted is None:
+            self.log.error("stopping with an unrecorded result; the checkpoint runs again at the next start",
+                           checkpoint=evaluation.checkpoint)
+            return False
+        self.backlog.done(pending, evaluation.fingerprint)
         if inserted:
             if evaluation.status is Status.OK:
                 self._last = evaluation
+            elif evaluation.status is Status.FAILED:
+                self._failed_this_run += 1
             self._log_evaluation(evaluation)
         else:
             self.log.warning("already recorded by another evaluator; kept that row", checkpoint=evaluation.checkpoint)
         self.notifier.status(self._status_line())
+        return True
+
+    def _write(self, what: str, write: Any, **fields: Any) -> Any:
+        """Run a database write, retrying with backoff while it fails for a reason that may pass
+        (disk full, read-only, locked); None when shutdown came first."""
+        delay = 1.0
+        while True:
+            try:
+                return write()
+            except StoreWriteError as err:
+                self.log.warning(f"cannot {what}; will retry", error=str(err), retry_in=delay, **fields)
+                self.notifier.status(f"cannot write the database, retrying: {err}")
+                if self._sleep(delay):
+                    return None
+                delay = min(delay * 2, MAX_RETRY_DELAY)
 
     def _sleep(self, seconds: float) -> bool:
         """Wait `seconds`, still feeding the systemd watchdog; True if shutdown was requested."""

@@ -1,4 +1,4 @@
-"""Stop requests from SIGTERM / SIGINT, and the grace period an evaluation in progress gets.
+"""Stop requests from SIGTERM / SIGINT / SIGHUP, and the grace period an evaluation in progress gets.
 
 The first signal asks the loop to stop: it starts no new checkpoint, and the one in progress may
 finish if it does so within the grace period, else it is abandoned (no row is written, so the
@@ -17,7 +17,8 @@ from types import FrameType
 
 from evaluator.errors import Abandoned
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: SIGHUP too: a closed terminal or a supervisor's hang-up stops it as cleanly as SIGTERM.
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Shutdown:
@@ -51,7 +52,7 @@ class Shutdown:
 
     @contextmanager
     def handling_signals(self, on_signal: Callable[[], None]) -> Iterator[None]:
-        """Turn SIGTERM and SIGINT into requests (and call `on_signal`) while inside the block."""
+        """Turn SIGTERM, SIGINT and SIGHUP into requests (and call `on_signal`) while inside the block."""
 
         def handler(signum: int, frame: FrameType | None) -> None:
             self.request(signal.Signals(signum).name)

@@ -1,33 +1,61 @@
-"""The evaluation history in SQL: engine set-up, schema migrations, recording rows, querying them.
+"""The evaluation history in SQL: engine set-up, schema migrations, claims, recording rows, queries.
 
 SQLite (the default) runs in WAL mode with a busy timeout, and write transactions start with
 `BEGIN IMMEDIATE`, so `report` can read while `watch` writes without "database is locked".
+A checkpoint is claimed (a row in `claims` with an owner and an expiry) before it is evaluated, and
+its result replaces the claim in one transaction: two evaluators never evaluate one checkpoint
+twice while the claim's owner lives, and one whose owner died is taken over once it expires.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import importlib.resources
+import json
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, and_, create_engine, delete, event, insert, or_, select, update
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session
 
-from evaluator.errors import DatabaseError, StoreWriteError
-from evaluator.evaluation import Evaluation, History, Status
+from evaluator.errors import DatabaseError, DatabaseGone, DatabaseUnavailable, SchemaMissing, StoreWriteError
+from evaluator.evaluation import CheckpointKey, Evaluation, History, Status
 from evaluator.options import DB_ENV
-from evaluator.schema import EvaluationRow
+from evaluator.schema import ClaimRow, EvaluationRow
 
 #: How long a SQLite connection waits for another's lock before failing (seconds).
 SQLITE_BUSY_TIMEOUT = 15.0
 
 _FIELDS = [f.name for f in dataclasses.fields(Evaluation)]
+#: Words of a driver's error that say the database is busy or out of reach, not misconfigured.
+_TRANSIENT = ("locked", "busy", "could not connect", "connection refused", "server closed", "timeout",
+              "timed out", "terminating connection", "connection reset", "the database system is")
+
+
+class Claim(str, enum.Enum):
+    """What asking to evaluate a checkpoint got."""
+
+    #: Ours until recorded or released (or until it expires without a heartbeat).
+    CLAIMED = "claimed"
+    #: Another evaluator holds a live claim on it.
+    HELD = "held"
+    #: It already has a row.
+    RECORDED = "recorded"
+
+
+class SchemaState(str, enum.Enum):
+    NONE = "none"
+    BEHIND = "behind"
+    CURRENT = "current"
+    AHEAD = "ahead"
 
 
 def default_url() -> str:
@@ -55,6 +83,18 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE")
+        #: (device, inode) of the SQLite file once `watch` is set up: a change means it was replaced.
+        self._identity: tuple[int, int] | None = None
+
+    @property
+    def url(self) -> str:
+        return describe(str(self.engine.url))
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite file's absolute path; None for other databases (and in-memory SQLite)."""
+        url = self.engine.url
+        return os.path.abspath(os.path.expanduser(url.database or "")) if _is_sqlite_file(url) else None
 
     @staticmethod
     def check_url(url: str) -> URL:
@@ -69,6 +109,49 @@ class Store:
                 f"--db {describe(url)}: the driver for {parsed.drivername!r} is not installed ({err})"
             ) from err
         return parsed
+
+    @staticmethod
+    def check_durable(url: str) -> None:
+        """DatabaseError for a database that forgets everything when the process ends."""
+        parsed = Store.check_url(url)
+        if parsed.get_backend_name() == "sqlite" and not _is_sqlite_file(parsed):
+            raise DatabaseError(
+                f"--db {describe(url)} is an in-memory database: every row would be lost when `watch` "
+                "stops, and a restart would evaluate everything again. Give a file, e.g. "
+                "sqlite:////var/lib/evaluator/evaluations.db (or omit --db for the default)"
+            )
+
+    @classmethod
+    def prepare(cls, url: str, *, wait: float, on_retry: Any = None) -> Store:
+        """Open `url` for `watch` and bring its schema to head, retrying while the database is
+        locked or unreachable for up to `wait` seconds (then DatabaseUnavailable, a restartable
+        error). The write lock is taken only when the schema needs a migration."""
+        deadline = time.monotonic() + wait
+        delay = 0.5
+        while True:
+            try:
+                store = cls.open(url, create=True, busy_timeout=min(SQLITE_BUSY_TIMEOUT, max(wait / 4, 0.1)))
+                try:
+                    if store.schema_state() is not SchemaState.CURRENT:
+                        store.upgrade()
+                    store.remember_identity()
+                except BaseException:
+                    store.release()
+                    raise
+                return store
+            except DatabaseError as err:
+                cause = err.__cause__
+                if not (isinstance(cause, DBAPIError) and _transient(cause)):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise DatabaseUnavailable(
+                        f"database {describe(url)} still unavailable after {wait:g} s ({_reason(cause)}); "
+                        "exiting to be restarted (raise --db-wait to wait longer)"
+                    ) from err
+                if on_retry is not None:
+                    on_retry(_reason(cause), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     @classmethod
     def open(cls, url: str, *, create: bool, busy_timeout: float = SQLITE_BUSY_TIMEOUT) -> Store:
@@ -94,16 +177,6 @@ class Store:
     def __exit__(self, *exc_info: object) -> None:
         self.release()
 
-    def release(self) -> None:
-        """Close pooled connections until the next query (the daemon calls it when it goes idle,
-        commands when they are done).
-
-        During a burst one connection serves every row (a commit is about a millisecond); between
-        bursts no file is held open, so the database can be moved, backed up or remounted, a
-        read-only file system shows at the next write, and SQLite truncates the WAL.
-        """
-        self.engine.dispose()
-
     # -- schema -----------------------------------------------------------------------------
 
     def upgrade(self) -> None:
@@ -111,18 +184,21 @@ class Store:
         from alembic import command
         from alembic.util import CommandError
 
+        if self.schema_state() is SchemaState.AHEAD:
+            raise DatabaseError(self.newer_message())
         cfg = alembic_config()
         try:
             with self._writer.begin() as connection:
                 cfg.attributes["connection"] = connection
                 command.upgrade(cfg, "head")
         except CommandError as err:
-            raise DatabaseError(
-                f"cannot upgrade {describe(str(self.engine.url))}: {err} "
-                "(was it written by a newer evaluator?)"
-            ) from err
+            raise DatabaseError(f"cannot upgrade {self.url}: {err}") from err
         except DBAPIError as err:
             raise DatabaseError(f"cannot upgrade {describe(str(self.engine.url))}: {_reason(err)}") from err
+
+    def newer_message(self) -> str:
+        return (f"{self.url} is at schema revision {self.revision()}, written by a newer evaluator "
+                f"(this one knows up to {self.head_revision()}): upgrade the evaluator, not the database")
 
     @staticmethod
     def head_revision() -> str | None:
@@ -135,76 +211,210 @@ class Store:
         """The schema revision the database is at (None: no schema yet)."""
         from alembic.runtime.migration import MigrationContext
 
-        with self.engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+        try:
+            with self.engine.connect() as connection:
+                return MigrationContext.configure(connection).get_current_revision()
+        except DBAPIError as err:
+            raise DatabaseError(f"cannot read {self.url}: {_reason(err)}") from err
+
+    def schema_state(self) -> SchemaState:
+        """Whether the schema is missing, behind, at, or ahead of (a newer evaluator's) this version's head."""
+        from alembic.script import ScriptDirectory
+
+        revision = self.revision()
+        if revision is None:
+            return SchemaState.NONE
+        scripts = ScriptDirectory.from_config(alembic_config())
+        if revision == scripts.get_current_head():
+            return SchemaState.CURRENT
+        known = {script.revision for script in scripts.walk_revisions()}
+        return SchemaState.BEHIND if revision in known else SchemaState.AHEAD
+
+    # -- the file under us ------------------------------------------------------------------
+
+    def remember_identity(self) -> None:
+        """Note which SQLite file holds the schema, so a replaced or deleted file is noticed."""
+        self._identity = _file_identity(self.sqlite_path) if self.sqlite_path else None
+
+    def check_identity(self) -> None:
+        """DatabaseGone if the SQLite file `watch` set up was deleted or replaced since."""
+        if self._identity is None or self.sqlite_path is None:
+            return
+        now = _file_identity(self.sqlite_path)
+        if now != self._identity:
+            what = "deleted" if now is None else "replaced by another file"
+            raise DatabaseGone(
+                f"the database file {self.sqlite_path} was {what} while watching; rows written since are "
+                "not in it. Exiting to be restarted: the restart evaluates every checkpoint without a row "
+                "in the database then at that path"
+            )
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def recorded(self, model_dir: str) -> set[str]:
-        """The checkpoints of `model_dir` that already have a row."""
+    def recorded(self, model_dir: str, name: str) -> dict[str, set[str]]:
+        """The checkpoints of `model_dir` that have a row under evaluation `name`, with the fingerprints
+        they were recorded with ("": any, a row older than fingerprints; none: only `missing`)."""
+        done: dict[str, set[str]] = {}
         with self._reading() as session:
-            stmt = select(EvaluationRow.checkpoint).where(EvaluationRow.model_dir == model_dir)
-            return set(session.scalars(stmt))
+            stmt = select(EvaluationRow.checkpoint, EvaluationRow.fingerprint, EvaluationRow.status).where(
+                EvaluationRow.model_dir == model_dir, EvaluationRow.name == name)
+            for checkpoint, fingerprint, status in session.execute(stmt):
+                fingerprints = done.setdefault(checkpoint, set())
+                if fingerprint or status != Status.MISSING.value:  # see _matches
+                    fingerprints.add(fingerprint)
+        return done
 
-    def record(self, evaluation: Evaluation) -> bool:
-        """Write one row in one transaction; False when the checkpoint already had one.
+    def settings(self, model_dir: str, name: str) -> dict[str, Any] | None:
+        """The settings of the newest row of evaluation `name` of `model_dir` that has some."""
+        with self._reading() as session:
+            text = session.scalar(
+                select(EvaluationRow.settings)
+                .where(EvaluationRow.model_dir == model_dir, EvaluationRow.name == name,
+                       EvaluationRow.settings.is_not(None))
+                .order_by(EvaluationRow.id.desc()).limit(1))
+        return json.loads(text) if text else None
+
+    def claim(self, key: CheckpointKey, owner: str, lease: float) -> Claim:
+        """Claim `key` for `owner` for `lease` seconds, taking over a claim that has expired."""
+        now = _now()
+        with self._writing() as session:
+            if session.scalar(select(EvaluationRow.id).where(*_matches(EvaluationRow, key)).limit(1)):
+                return Claim.RECORDED
+            session.execute(delete(ClaimRow).where(*_matches(ClaimRow, key), ClaimRow.expires_at < now))
+            if session.scalar(select(ClaimRow.owner).where(*_matches(ClaimRow, key))) not in (None, owner):
+                return Claim.HELD
+            session.execute(delete(ClaimRow).where(*_matches(ClaimRow, key)))
+            session.add(ClaimRow(model_dir=key.model_dir, name=key.name, checkpoint=key.checkpoint,
+                                 fingerprint=key.fingerprint, owner=owner, claimed_at=now,
+                                 expires_at=now + timedelta(seconds=lease)))
+        return Claim.CLAIMED
+
+    def renew(self, owner: str, lease: float) -> int:
+        """Push back the expiry of every claim `owner` holds (the heartbeat); returns how many."""
+        with self._writing() as session:
+            result = session.execute(update(ClaimRow).where(ClaimRow.owner == owner)
+                                     .values(expires_at=_now() + timedelta(seconds=lease)))
+            return int(result.rowcount or 0)
+
+    def release_claims(self, owner: str, key: CheckpointKey | None = None) -> None:
+        """Drop `owner`'s claims (or just the one on `key`): it stopped, or put the checkpoint back."""
+        with self._writing() as session:
+            session.execute(delete(ClaimRow).where(
+                ClaimRow.owner == owner, *(_matches(ClaimRow, key) if key is not None else ())))
+
+    def release(self) -> None:
+        """Close pooled connections until the next query (the daemon calls it when it goes idle,
+        commands when they are done).
+
+        During a burst one connection serves every row (a commit is about a millisecond); between
+        bursts no file is held open, so the database can be moved, backed up or remounted, a
+        read-only file system shows at the next write, and SQLite truncates the WAL.
+        """
+        self.engine.dispose()
+
+    def record(self, evaluation: Evaluation, owner: str | None = None) -> bool:
+        """Write one row, and drop `owner`'s claim on it, in one transaction; False when the
+        checkpoint already had a row.
 
         Raises StoreWriteError when the write fails for a reason that may pass (disk full,
-        read-only file, lock held too long).
+        read-only file, lock held too long), DatabaseGone when the file or its schema went away.
         """
-        row = EvaluationRow(**_row_fields(evaluation))
+        return self.record_many([evaluation], owner) == 1
+
+    def record_many(self, evaluations: Iterable[Evaluation], owner: str | None = None) -> int:
+        """Write rows in one transaction, skipping those that exist; returns how many were new."""
+        evaluations = list(evaluations)
+        self.check_identity()
+        inserted = 0
+        with self._writing() as session:
+            for evaluation in evaluations:
+                if owner is not None:
+                    session.execute(delete(ClaimRow).where(ClaimRow.owner == owner,
+                                                           *_matches(ClaimRow, evaluation.key)))
+                exists = session.scalar(select(EvaluationRow.id)
+                                        .where(*_matches(EvaluationRow, evaluation.key)).limit(1))
+                if exists is None:
+                    session.execute(insert(EvaluationRow).values(**_row_fields(evaluation)))
+                    inserted += 1
+        self.check_identity()  # a file replaced during the write: that row went nowhere
+        return inserted
+
+    def forget(self, model_dir: str, name: str, statuses: list[str], checkpoint: str | None = None) -> list[Evaluation]:
+        """Delete the rows `evaluator retry` names, so they are evaluated again; returns them."""
+        conditions = [EvaluationRow.model_dir == model_dir, EvaluationRow.name == name]
+        if statuses:
+            conditions.append(EvaluationRow.status.in_(statuses))
+        if checkpoint is not None:
+            conditions.append(EvaluationRow.checkpoint == checkpoint)
+        with self._writing() as session:
+            rows = [_evaluation(row) for row in session.scalars(select(EvaluationRow).where(*conditions)
+                                                                 .order_by(EvaluationRow.step, EvaluationRow.id))]
+            session.execute(delete(EvaluationRow).where(*conditions))
+        return rows
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """One write transaction (SQLite: BEGIN IMMEDIATE), its errors as the project's own."""
         try:
             with Session(self._writer) as session, session.begin():
-                session.add(row)
-        except IntegrityError:
-            if self._has(evaluation.model_dir, evaluation.checkpoint):
-                return False
-            raise
+                yield session
         except DBAPIError as err:
             self.engine.dispose()  # reconnect next time: the file may be replaced or writable again
-            raise StoreWriteError(f"cannot write to {describe(str(self.engine.url))}: {_reason(err)}") from err
-        return True
-
-    def _has(self, model_dir: str, checkpoint: str) -> bool:
-        with self._reading() as session:
-            stmt = select(EvaluationRow.id).where(
-                EvaluationRow.model_dir == model_dir, EvaluationRow.checkpoint == checkpoint
-            )
-            return session.scalar(stmt) is not None
+            if _no_schema(err):
+                raise DatabaseGone(
+                    f"{self.url} lost its evaluator schema while watching (dropped tables, or a new "
+                    "file); exiting to be restarted, which creates it again"
+                ) from err
+            raise StoreWriteError(f"cannot write to {self.url}: {_reason(err)}") from err
 
     # -- the report -------------------------------------------------------------------------
 
     def history(self, model_dir: str | None = None, last: int = 10) -> History:
-        """The `last` highest-step rows of each model directory (or of `model_dir`), and each one's best."""
-        rows: list[Evaluation] = []
-        best: dict[str, Evaluation] = {}
+        """The `last` highest-step rows of each evaluation (or of `model_dir`'s), and each one's best."""
+        with self.streaming_history(model_dir, last) as history:
+            return History(rows=list(history.rows), best=history.best)
+
+    @contextmanager
+    def streaming_history(self, model_dir: str | None = None, last: int = 10) -> Iterator[History]:
+        """Like `history`, with rows read from the database as they are consumed (JSON and CSV of
+        any size in constant memory). Rows come per (model directory, name), oldest step first."""
         with self._reading() as session:
-            for directory in [model_dir] if model_dir else self._model_dirs(session):
-                recent = session.scalars(
-                    select(EvaluationRow)
-                    .where(EvaluationRow.model_dir == directory)
-                    .order_by(EvaluationRow.step.desc().nulls_last(), EvaluationRow.evaluated_at.desc())
-                    .limit(last)
-                ).all()
-                rows.extend(_evaluation(row) for row in reversed(recent))
-                top = session.scalars(
-                    select(EvaluationRow)
-                    .where(
-                        EvaluationRow.model_dir == directory,
-                        EvaluationRow.status == Status.OK.value,
-                        EvaluationRow.accuracy.is_not(None),
-                    )
-                    .order_by(EvaluationRow.accuracy.desc(), EvaluationRow.step.asc())
-                    .limit(1)
-                ).first()
-                if top is not None:
-                    best[directory] = _evaluation(top)
-        return History(rows=rows, best=best)
+            groups = self._groups(session, model_dir)
+            best = {group: found for group in groups if (found := self._best(session, *group)) is not None}
+            yield History(rows=self._rows(session, groups, last), best=best)
+
+    def _rows(self, session: Session, groups: list[tuple[str, str]], last: int) -> Iterator[Evaluation]:
+        try:
+            for directory, name in groups:
+                where = (EvaluationRow.model_dir == directory, EvaluationRow.name == name)
+                recent = (select(EvaluationRow.id).where(*where)
+                          .order_by(EvaluationRow.step.desc().nulls_last(), EvaluationRow.id.desc())
+                          .limit(last).scalar_subquery())
+                stmt = (select(EvaluationRow).where(EvaluationRow.id.in_(recent))
+                        .order_by(EvaluationRow.step.asc().nulls_first(), EvaluationRow.id.asc())
+                        .execution_options(yield_per=1000))
+                for row in session.scalars(stmt):
+                    yield _evaluation(row)
+        except DBAPIError as err:
+            raise DatabaseError(f"cannot read {self.url}: {_reason(err)}") from err
 
     @staticmethod
-    def _model_dirs(session: Session) -> list[str]:
-        stmt = select(EvaluationRow.model_dir).distinct().order_by(EvaluationRow.model_dir)
-        return list(session.scalars(stmt))
+    def _best(session: Session, model_dir: str, name: str) -> Evaluation | None:
+        top = session.scalars(
+            select(EvaluationRow)
+            .where(EvaluationRow.model_dir == model_dir, EvaluationRow.name == name,
+                   EvaluationRow.status == Status.OK.value, EvaluationRow.accuracy.is_not(None))
+            .order_by(EvaluationRow.accuracy.desc(), EvaluationRow.step.asc())
+            .limit(1)
+        ).first()
+        return None if top is None else _evaluation(top)
+
+    @staticmethod
+    def _groups(session: Session, model_dir: str | None) -> list[tuple[str, str]]:
+        stmt = select(EvaluationRow.model_dir, EvaluationRow.name).distinct()
+        if model_dir is not None:
+            stmt = stmt.where(EvaluationRow.model_dir == model_dir)
+        return [(d, n) for d, n in session.execute(stmt.order_by(EvaluationRow.model_dir, EvaluationRow.name))]
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:
@@ -212,12 +422,28 @@ class Store:
             with Session(self.engine) as session:
                 yield session
         except DBAPIError as err:
-            if "no such table" in str(err.orig) or "no such column" in str(err.orig):
-                raise DatabaseError(
-                    f"{describe(str(self.engine.url))} has no evaluator schema, or an old one: "
-                    "run `evaluator db upgrade`"
-                ) from err
-            raise DatabaseError(f"cannot read {describe(str(self.engine.url))}: {_reason(err)}") from err
+            if _no_schema(err):
+                raise self._no_schema_error() from err
+            raise DatabaseError(f"cannot read {self.url}: {_reason(err)}") from err
+
+    def _no_schema_error(self) -> DatabaseError:
+        """Why a query found no table: no schema yet, a newer one, or an old one."""
+        try:
+            state = self.schema_state()
+        except DatabaseError:
+            state = SchemaState.NONE
+        if state is SchemaState.NONE:
+            return SchemaMissing(f"{self.url} has no evaluator schema yet: `evaluator watch` creates it when "
+                                 "it starts (try again in a moment), or run `evaluator db upgrade`")
+        if state is SchemaState.AHEAD:
+            return DatabaseError(self.newer_message())
+        return DatabaseError(f"{self.url} has an old evaluator schema: run `evaluator db upgrade`")
+
+    def wait_for_schema(self, seconds: float) -> None:
+        """Wait up to `seconds` while the schema is missing (`watch` may be creating it right now)."""
+        deadline = time.monotonic() + seconds
+        while self.schema_state() is SchemaState.NONE and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def alembic_config() -> Any:
@@ -278,13 +504,54 @@ def _sqlite_on_begin(connection: Any) -> None:
 def _row_fields(evaluation: Evaluation) -> dict[str, Any]:
     fields = {name: getattr(evaluation, name) for name in _FIELDS}
     fields["status"] = evaluation.status.value
+    fields["settings"] = json.dumps(evaluation.settings, sort_keys=True) if evaluation.settings is not None else None
     return fields
 
 
 def _evaluation(row: EvaluationRow) -> Evaluation:
     fields = {name: getattr(row, name) for name in _FIELDS}
     fields["status"] = Status(row.status)
+    fields["settings"] = json.loads(row.settings) if row.settings else None
     return Evaluation(**fields)
+
+
+def _matches(table: Any, key: CheckpointKey) -> tuple[Any, ...]:
+    """The WHERE clause for `key`. A row with an unknown fingerprint ("") written before fingerprints
+    existed stands for whatever the name holds."""
+    same = (table.model_dir == key.model_dir, table.name == key.name, table.checkpoint == key.checkpoint)
+    if table is ClaimRow:
+        return (*same, table.fingerprint == key.fingerprint)
+    if key.fingerprint == "":  # a `missing` row: any row of that name already says more
+        return same
+    # A `missing` row does not stand for a checkpoint of the same name that appears later.
+    legacy = and_(table.fingerprint == "", table.status != Status.MISSING.value)
+    return (*same, or_(table.fingerprint == key.fingerprint, legacy))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _no_schema(err: DBAPIError) -> bool:
+    text = str(err.orig).lower()
+    return any(words in text for words in ("no such table", "no such column", "undefinedtable",
+                                           "does not exist"))
+
+
+def _transient(err: DBAPIError) -> bool:
+    """Whether `err` says the database is busy or out of reach for now (worth waiting for)."""
+    if not isinstance(err, OperationalError):
+        return False
+    text = str(err.orig).lower()
+    return any(words in text for words in _TRANSIENT)
 
 
 def _reason(err: DBAPIError) -> str:

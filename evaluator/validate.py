@@ -8,6 +8,7 @@ independent computation over the same predictions.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from evaluator.errors import CheckpointError, TaskError
+from evaluator.errors import Abandoned, CheckpointError, EvaluationFault, TaskError, first_line
 from evaluator.task import Task
 
 #: Called after each batch with the number of examples done so far; may raise Abandoned.
@@ -105,7 +106,25 @@ class Validator:
         return self._input.size
 
     def run(self, session: tf.compat.v1.Session, progress: Progress | None = None) -> Metrics:
-        """One pass over the validation set with the variables as they are in `session`."""
+        """One pass over the validation set with the variables as they are in `session`.
+
+        The checkpoint was restored already, so what fails here is the task's or the machine's
+        doing (EvaluationFault), except results that are not finite (CheckpointError: the weights).
+        """
+        try:
+            metrics = self._run(session, progress)
+        except (Abandoned, EvaluationFault):
+            raise
+        except Exception as err:
+            raise EvaluationFault(f"validation failed: {type(err).__name__}: {first_line(err)}") from err
+        if not math.isfinite(metrics.loss):
+            raise CheckpointError(
+                f"the loss is not finite ({metrics.loss}): the weights (or the validation data) hold NaN or "
+                "infinity; diverged training?"
+            )
+        return metrics
+
+    def _run(self, session: tf.compat.v1.Session, progress: Progress | None) -> Metrics:
         start = time.perf_counter()
         correct, loss_sum, count = 0, 0.0, 0
         fetches = (self._correct, self._loss_sum, self._count)
@@ -120,7 +139,7 @@ class Validator:
             if progress is not None:
                 progress(count)
         if count == 0:
-            raise CheckpointError("the validation data produced no examples")
+            raise EvaluationFault("the validation data produced no examples: check validation_data()")
         return Metrics(
             accuracy=correct / count,
             loss=loss_sum / count,

@@ -55,4 +55,41 @@ def test_upgrading_a_database_with_rows_keeps_them(db: Path) -> None:
     assert store.revision() == Store.head_revision()
     assert [r.accuracy for r in store.history("/m").rows] == [0.5]
     indexes = {row[1] for row in raw.execute("PRAGMA index_list('evaluations')")}
-    assert "ix_evaluations_model_dir_status_accuracy" in indexes
+    assert "ix_evaluations_model_dir_name_status_accuracy" in indexes
+    (row,) = raw.execute("SELECT name, fingerprint, checkpoint, accuracy FROM evaluations").fetchall()
+    assert row == ("default", "", "model.ckpt-1", 0.5)  # the old row keeps its values, in the new key
+
+
+def test_upgrading_from_0002_keeps_rows_and_the_new_key_works(db: Path) -> None:
+    """0002 (the last release) with rows -> head: every row kept, readable, and a restarted
+    training's checkpoint of the same name gets a row of its own next to them."""
+    import sqlite3
+    from datetime import datetime, timezone
+
+    from evaluator.evaluation import Evaluation, Status
+
+    store = Store.open(sqlite_url(db), create=True)
+    cfg = alembic_config()
+    with store.engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0002")
+    raw = sqlite3.connect(db)
+    for step in (100, 200, 300):
+        raw.execute("INSERT INTO evaluations (model_dir, checkpoint, step, status, accuracy, loss, examples, ema, "
+                    "evaluated_at) VALUES ('/m', ?, ?, 'ok', 0.5, 0.7, 360, 1, '2026-11-23 12:00:00')",
+                    (f"model.ckpt-{step}", step))
+    raw.execute("INSERT INTO evaluations (model_dir, checkpoint, step, status, error, evaluated_at) "
+                "VALUES ('/m', 'model.ckpt-400', 400, 'missing', 'deleted', '2026-11-23 12:00:00')")
+    raw.commit()
+    store.upgrade()
+    rows = store.history("/m").rows
+    assert [(r.checkpoint, r.status.value, r.accuracy, r.name, r.fingerprint) for r in rows] == [
+        ("model.ckpt-100", "ok", 0.5, "default", ""), ("model.ckpt-200", "ok", 0.5, "default", ""),
+        ("model.ckpt-300", "ok", 0.5, "default", ""), ("model.ckpt-400", "missing", None, "default", "")]
+    # an old ok row stands for whatever that name holds: not evaluated again
+    when = datetime.now(timezone.utc)
+    assert store.record(Evaluation("/m", "model.ckpt-100", 100, Status.OK, when, fingerprint="abc")) is False
+    # an old missing row does not: a checkpoint of that name written later gets its row
+    assert store.record(Evaluation("/m", "model.ckpt-400", 400, Status.OK, when, fingerprint="abc")) is True
+    # steps beyond 32 bits fit
+    assert store.record(Evaluation("/m", "model.ckpt-big", 2**62, Status.OK, when, fingerprint="x")) is True

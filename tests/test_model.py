@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from evaluator import checkpoints
-from evaluator.errors import CheckpointError, DeviceError, TaskError
+from evaluator.errors import CheckpointError, DeviceError, EvaluationFault, TaskError
 from evaluator.model import EvalModel, select_device
 from evaluator.task import load_task
 from tests.conftest import DIGITS, DIGITS_TASK, train
@@ -141,11 +141,11 @@ def test_logits_of_the_wrong_rank(tmp_path: Path) -> None:
         EvalModel.build(load_task(spec), device="cpu")
 
 
-def test_an_empty_dataset_fails_the_checkpoint(tmp_path: Path, trained_dir: Path) -> None:
+def test_an_empty_dataset_is_a_fault_not_the_checkpoints(tmp_path: Path, trained_dir: Path) -> None:
     spec = digits_task_with(
         tmp_path, "x, y = digits_data.validation(); return tf.data.Dataset.from_tensor_slices((x, y)).take(0).batch(8)")
     model = EvalModel.build(load_task(spec), device="cpu")
-    with pytest.raises(CheckpointError, match="produced no examples"):
+    with pytest.raises(EvaluationFault, match="produced no examples"):
         model.evaluate(checkpoints.read_state(str(trained_dir)).checkpoints[-1])
 
 

@@ -21,7 +21,7 @@ def history() -> History:
                          evaluated_at=WHEN, error="model.ckpt-300 was deleted before it could be read")
     other = Evaluation(model_dir="/jobs/b", checkpoint="ckpt-1", step=1, status=Status.OK, accuracy=0.5,
                        loss=1.0, examples=10, ema=False, evaluated_at=WHEN)
-    return History(rows=[ok, missing, other], best={"/jobs/a": ok, "/jobs/b": other})
+    return History(rows=[ok, missing, other], best={("/jobs/a", "default"): ok, ("/jobs/b", "default"): other})
 
 
 def rendered(fmt: str) -> str:
@@ -56,7 +56,17 @@ def test_table_marks_the_best_and_notes_errors() -> None:
 
 
 def test_records_of_an_empty_history() -> None:
-    assert records(History(rows=[])) == []
+    assert list(records(History(rows=[]))) == []
     out = io.StringIO()
     render(History(rows=[]), "json", out)
     assert json.loads(out.getvalue()) == []
+
+
+def test_json_streams_any_number_of_rows_as_one_valid_document() -> None:
+    """JSON is written row by row (constant memory), and is still one array json can read."""
+    one = history().rows[0]
+    rows = (one for _ in range(5000))  # a generator: nothing is held
+    out = io.StringIO()
+    render(History(rows=rows, best={}), "json", out)  # type: ignore[arg-type]
+    data = json.loads(out.getvalue())
+    assert len(data) == 5000 and data[0]["checkpoint"] == "model.ckpt-200"

@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from evaluator import log
-from evaluator.errors import DatabaseError, ModelDirError, TaskError
+from evaluator.errors import EXIT_INCOMPLETE, DatabaseError, ModelDirError, TaskError
 from evaluator.options import WatchOptions
 from evaluator.service import Service
 from tests.conftest import DIGITS_TASK, read_rows, sqlite_url, train
@@ -71,26 +71,37 @@ def test_missing_and_failed_checkpoints_do_not_stop_the_loop(model_dir: Path, db
         path.unlink()  # deleted by max_to_keep before we read it
     data = model_dir / "model.ckpt-40.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[:10])  # truncated
-    once(model_dir, db)
+    assert once(model_dir, db) == EXIT_INCOMPLETE  # a failed row: cron should hear of it
     rows = {r["checkpoint"]: r for r in read_rows(db)}
     assert rows["model.ckpt-20"]["status"] == "missing" and rows["model.ckpt-20"]["step"] == 20
-    assert "deleted before it could be read" in rows["model.ckpt-20"]["error"]
+    assert "never appeared on disk while newer checkpoints did" in rows["model.ckpt-20"]["error"]
     assert rows["model.ckpt-40"]["status"] == "failed" and "cannot restore model.ckpt-40" in rows["model.ckpt-40"]["error"]
     assert rows["model.ckpt-60"]["status"] == "ok"
-    once(model_dir, db)
+    assert once(model_dir, db) == 0
     assert len(read_rows(db)) == 3  # failed and missing rows are final: no retry loop
 
 
-def test_a_path_to_nothing_is_missing(tmp_path: Path, db: Path, logs: io.StringIO) -> None:
+def test_a_path_to_nothing_waits_until_a_newer_checkpoint_is_there(tmp_path: Path, trained_dir: Path, db: Path,
+                                                                    logs: io.StringIO) -> None:
+    """Not on disk yet is not deleted: no row while nothing newer exists (a copy may be bringing it)."""
     (tmp_path / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-999"\n')
-    once(tmp_path, db)
-    (row,) = read_rows(db)
-    assert (row["checkpoint"], row["step"], row["status"]) == ("model.ckpt-999", 999, "missing")
+    assert once(tmp_path, db) == EXIT_INCOMPLETE
+    assert read_rows(db) == []
+    waiting = next(e for e in events(logs) if e["event"] == "--once done, but not everything was evaluated")
+    assert waiting["listed checkpoints not on disk"] == ["model.ckpt-999"]
+    for path in trained_dir.glob("model.ckpt-60.*"):
+        shutil.copy(path, tmp_path / path.name.replace("ckpt-60", "ckpt-1000"))
+    (tmp_path / "checkpoint").write_text('all_model_checkpoint_paths: "model.ckpt-999"\n'
+                                         'model_checkpoint_path: "model.ckpt-1000"\n')
+    assert once(tmp_path, db) == 0
+    rows = {r["checkpoint"]: r for r in read_rows(db)}
+    assert rows["model.ckpt-999"]["status"] == "missing" and rows["model.ckpt-1000"]["status"] == "ok"
+    assert "never appeared on disk while newer checkpoints did" in rows["model.ckpt-999"]["error"]
 
 
 def test_garbage_state_file_is_a_warning(model_dir: Path, db: Path, logs: io.StringIO) -> None:
     (model_dir / "checkpoint").write_bytes(b"\x00\x01 not a proto {{{")
-    assert once(model_dir, db) == 0
+    assert once(model_dir, db) == EXIT_INCOMPLETE
     assert read_rows(db) == []
     warning = next(e for e in events(logs) if e["event"] == "state file unreadable; waiting for a valid one")
     assert warning["level"] == "warning" and "cannot parse" in warning["error"]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from evaluator.errors import DatabaseError, StoreWriteError
-from evaluator.evaluation import Evaluation, Status
-from evaluator.store import Store, default_url, resolve_url
+from evaluator.errors import DatabaseError, DatabaseGone, DatabaseUnavailable, StoreWriteError
+from evaluator.evaluation import CheckpointKey, Evaluation, Status
+from evaluator.store import Claim, SchemaState, Store, default_url, resolve_url
 from tests.conftest import read_rows, sqlite_url
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
@@ -33,9 +34,9 @@ def store(db: Path) -> Store:
 
 
 def test_upgrade_creates_the_schema_and_is_idempotent(store: Store) -> None:
-    assert store.revision() == Store.head_revision() == "0002"
+    assert store.revision() == Store.head_revision() == "0003"
     store.upgrade()
-    assert store.revision() == "0002"
+    assert store.revision() == "0003"
 
 
 def test_sqlite_runs_in_wal_mode(store: Store, db: Path) -> None:
@@ -58,7 +59,7 @@ def test_exactly_once_per_model_dir_and_checkpoint(store: Store, db: Path) -> No
     assert store.record(evaluation("model.ckpt-100", 100, 0.9, model_dir="/jobs/b")) is True
     rows = read_rows(db)
     assert len(rows) == 2 and rows[0]["accuracy"] == 0.9  # the first row is kept, never overwritten
-    assert store.recorded("/jobs/a") == {"model.ckpt-100"}
+    assert store.recorded("/jobs/a", "default") == {"model.ckpt-100": {""}}
 
 
 def test_missing_and_failed_rows(store: Store) -> None:
@@ -76,8 +77,8 @@ def test_history_takes_the_highest_steps_per_model_dir(store: Store) -> None:
     history = store.history(last=3)
     assert [(r.model_dir, r.step) for r in history.rows] == [
         ("/jobs/a", 300), ("/jobs/a", 400), ("/jobs/a", 500), ("/jobs/b", 10)]
-    assert history.best["/jobs/a"].step == 200  # best over the whole history, shown or not
-    assert history.best["/jobs/b"].step == 10
+    assert history.best["/jobs/a", "default"].step == 200  # best over the whole history, shown or not
+    assert history.best["/jobs/b", "default"].step == 10
     assert [r.step for r in store.history("/jobs/a", last=2).rows] == [400, 500]
     assert store.history("/jobs/none").rows == []
 
@@ -86,7 +87,7 @@ def test_best_ties_go_to_the_earliest_step(store: Store) -> None:
     for step in (300, 100, 200):
         store.record(evaluation(f"m-{step}", step, 0.8))
     history = store.history()
-    assert history.best["/jobs/a"].step == 100
+    assert history.best["/jobs/a", "default"].step == 100
     assert [history.is_best(r) for r in history.rows] == [True, False, False]
 
 
@@ -155,7 +156,7 @@ def test_an_unopenable_file(tmp_path: Path) -> None:
 def test_a_database_without_schema(tmp_path: Path) -> None:
     sqlite3.connect(tmp_path / "empty.db").execute("CREATE TABLE other (x)").connection.commit()
     store = Store.open(sqlite_url(tmp_path / "empty.db"), create=False)
-    with pytest.raises(DatabaseError, match="no evaluator schema, or an old one: run `evaluator db upgrade`"):
+    with pytest.raises(DatabaseError, match="no evaluator schema yet"):
         store.history()
 
 
@@ -163,7 +164,7 @@ def test_a_schema_newer_than_this_version(store: Store, db: Path) -> None:
     connection = sqlite3.connect(db)
     connection.execute("UPDATE alembic_version SET version_num = 'ffff_from_the_future'")
     connection.commit()
-    with pytest.raises(DatabaseError, match="was it written by a newer evaluator"):
+    with pytest.raises(DatabaseError, match="written by a newer evaluator .*upgrade the evaluator"):
         store.upgrade()
 
 
@@ -178,3 +179,139 @@ def test_default_url_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.delenv("XDG_STATE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_url() == f"sqlite:///{tmp_path}/.local/state/evaluator/evaluations.db"
+
+
+# -- names, fingerprints, claims, the file under us ----------------------------------------------
+
+def test_the_key_has_a_name_and_a_fingerprint(store: Store, db: Path) -> None:
+    """Several evaluations of one checkpoint live side by side; a rewritten checkpoint gets a new row."""
+    assert store.record(evaluation("model.ckpt-100", 100, 0.9, fingerprint="aaaa")) is True
+    assert store.record(evaluation("model.ckpt-100", 100, 0.8, fingerprint="aaaa", name="raw")) is True
+    assert store.record(evaluation("model.ckpt-100", 100, 0.7, fingerprint="bbbb")) is True  # from scratch
+    assert store.record(evaluation("model.ckpt-100", 100, 0.1, fingerprint="bbbb")) is False
+    assert store.recorded("/jobs/a", "default") == {"model.ckpt-100": {"aaaa", "bbbb"}}
+    assert store.recorded("/jobs/a", "raw") == {"model.ckpt-100": {"aaaa"}}
+    assert len(read_rows(db)) == 3
+
+
+def test_a_missing_row_does_not_stand_for_a_later_checkpoint_of_that_name(store: Store) -> None:
+    assert store.record(evaluation("model.ckpt-1", 1, None, status=Status.MISSING)) is True
+    assert store.recorded("/jobs/a", "default") == {"model.ckpt-1": set()}
+    # the same name appears later with real bytes: a row of its own...
+    assert store.record(evaluation("model.ckpt-1", 1, 0.5, fingerprint="cccc")) is True
+    # ...and a second `missing` for a name that has any row is not written
+    assert store.record(evaluation("model.ckpt-1", 1, None, status=Status.MISSING)) is False
+
+
+def test_a_legacy_row_without_fingerprint_stands_for_any(store: Store) -> None:
+    assert store.record(evaluation("model.ckpt-1", 1, 0.5, fingerprint="")) is True
+    assert store.record(evaluation("model.ckpt-1", 1, 0.5, fingerprint="dddd")) is False
+
+
+def test_record_many_is_one_transaction_and_skips_existing(store: Store, db: Path) -> None:
+    store.record(evaluation("m-5", 5, None, status=Status.MISSING))
+    rows = [evaluation(f"m-{i}", i, None, status=Status.MISSING) for i in range(1000)]
+    assert store.record_many(rows) == 999
+    assert len(read_rows(db)) == 1000
+
+
+def key(checkpoint: str = "model.ckpt-1", fingerprint: str = "ffff") -> CheckpointKey:
+    return CheckpointKey("/jobs/a", "default", checkpoint, fingerprint)
+
+
+def test_claims_exclude_others_until_recorded_or_expired(store: Store, db: Path) -> None:
+    assert store.claim(key(), "w1", lease=60) is Claim.CLAIMED
+    assert store.claim(key(), "w2", lease=60) is Claim.HELD
+    assert store.claim(key(), "w1", lease=60) is Claim.CLAIMED  # its own claim, again
+    assert store.claim(key(fingerprint="eeee"), "w2", lease=60) is Claim.CLAIMED  # another checkpoint
+    assert store.record(evaluation("model.ckpt-1", 1, 0.5, fingerprint="ffff"), owner="w1") is True
+    assert store.claim(key(), "w2", lease=60) is Claim.RECORDED
+    claims = sqlite3.connect(db).execute("SELECT owner, fingerprint FROM claims").fetchall()
+    assert claims == [("w2", "eeee")]  # recording dropped w1's claim in the same transaction
+
+
+def test_an_expired_claim_is_taken_over_and_renewal_keeps_one_alive(store: Store) -> None:
+    assert store.claim(key("a"), "dead", lease=0.2) is Claim.CLAIMED
+    assert store.claim(key("b"), "alive", lease=0.2) is Claim.CLAIMED
+    time.sleep(0.3)
+    assert store.renew("alive", lease=60) == 1
+    assert store.claim(key("a"), "w2", lease=60) is Claim.CLAIMED  # taken over
+    assert store.claim(key("b"), "w2", lease=60) is Claim.HELD
+    store.release_claims("alive")
+    assert store.claim(key("b"), "w2", lease=60) is Claim.CLAIMED
+
+
+def test_forget_removes_the_rows_retry_names(store: Store) -> None:
+    store.record(evaluation("m-1", 1, None, status=Status.FAILED, error="x"))
+    store.record(evaluation("m-2", 2, 0.5))
+    store.record(evaluation("m-3", 3, None, status=Status.FAILED, error="y", name="other"))
+    assert [r.checkpoint for r in store.forget("/jobs/a", "default", ["failed"])] == ["m-1"]
+    assert set(store.recorded("/jobs/a", "default")) == {"m-2"}
+    assert store.forget("/jobs/a", "default", ["ok"], checkpoint="m-9") == []
+
+
+def test_settings_of_the_newest_row(store: Store) -> None:
+    assert store.settings("/jobs/a", "default") is None
+    store.record(evaluation("m-1", 1, 0.5, settings={"task": "a:T", "ema": True}))
+    store.record(evaluation("m-2", 2, 0.5, settings={"task": "b:T", "ema": False}))
+    assert store.settings("/jobs/a", "default") == {"task": "b:T", "ema": False}
+
+
+def test_a_replaced_or_deleted_file_is_noticed_before_a_write(store: Store, db: Path) -> None:
+    store.remember_identity()
+    store.record(evaluation("m-1", 1, 0.5))
+    store.release()
+    db.rename(db.with_suffix(".old"))
+    with pytest.raises(DatabaseGone, match="was deleted while watching"):
+        store.record(evaluation("m-2", 2, 0.5))
+    fresh = Store.open(sqlite_url(db), create=True)
+    fresh.upgrade()
+    fresh.release()
+    with pytest.raises(DatabaseGone, match="was replaced by another file"):
+        store.record(evaluation("m-2", 2, 0.5))
+
+
+def test_a_lost_schema_at_write_time_is_not_retried_in_silence(store: Store, db: Path) -> None:
+    store.release()
+    connection = sqlite3.connect(db)
+    connection.execute("DROP TABLE evaluations")
+    connection.commit()
+    with pytest.raises(DatabaseGone, match="lost its evaluator schema"):
+        store.record(evaluation("m-1", 1, 0.5))
+
+
+def test_prepare_waits_for_a_locked_database_then_gives_up_restartably(tmp_path: Path) -> None:
+    """A fresh database whose write lock another process holds: retried, then a restartable error."""
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    retries: list[float] = []
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnavailable, match="still unavailable after 2 s .*locked") as caught:
+        Store.prepare(sqlite_url(path), wait=2, on_retry=lambda reason, delay: retries.append(delay))
+    assert caught.value.exit_code == 75 and retries and time.monotonic() - started < 15
+    holder.execute("ROLLBACK")
+    Store.prepare(sqlite_url(path), wait=2).release()
+
+
+def test_prepare_takes_no_write_lock_when_the_schema_is_current(store: Store, db: Path) -> None:
+    store.release()
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        Store.prepare(sqlite_url(db), wait=1).release()  # reads only: the lock is no obstacle
+    finally:
+        holder.execute("ROLLBACK")
+
+
+def test_an_in_memory_database_is_refused_for_watch() -> None:
+    with pytest.raises(DatabaseError, match="in-memory database: every row would be lost"):
+        Store.check_durable("sqlite://")
+    Store.check_durable("sqlite:////tmp/x.db")
+
+
+def test_schema_state(store: Store, db: Path, tmp_path: Path) -> None:
+    assert store.schema_state() is SchemaState.CURRENT
+    empty = Store.open(sqlite_url(tmp_path / "new.db"), create=True)
+    assert empty.schema_state() is SchemaState.NONE

@@ -1,0 +1,198 @@
+"""What is pending in one model directory: the checkpoints seen (listed in the state file, or their
+`.index` on disk) that have no row yet, when each may be tried next, and which count as missing.
+
+Pending is derived from what was seen and from the rows in the database, never from events alone,
+so a missed event only delays a checkpoint and a restart resumes where the rows end. The watcher's
+thread and the loop both call in; a lock guards the state.
+
+`missing` is for a checkpoint that was on disk and was deleted before it could be read, or that the
+state file lists but that never appeared within the grace period while a newer checkpoint did
+(a copy in progress writes `checkpoint` before the `model.ckpt-*` files: not yet there is not gone).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from evaluator import checkpoints
+from evaluator.checkpoints import Checkpoint, State
+
+#: A listed checkpoint never seen on disk is `missing` after this many seconds, if a newer one is there.
+DEFAULT_GRACE = 60.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Pending:
+    """A checkpoint without a row, what is known of it, and when it may be tried next."""
+
+    checkpoint: Checkpoint
+    #: When it was first seen (recorded in its row).
+    detected_at: datetime
+    #: time.monotonic() of the same moment (for the grace period).
+    first_seen: float
+    order: int
+    #: Listed in the state file (False: found as an `.index` on disk).
+    listed: bool
+    #: Its `.index` was seen on disk at least once: if it is gone now, it was deleted.
+    seen_on_disk: bool
+    #: time.monotonic() before which it is not tried again (a retry's backoff).
+    not_before: float = 0.0
+    #: Reads that came up short so far, and the checkpoint's files at the last one.
+    short_reads: int = 0
+    files: tuple[tuple[str, int, int], ...] = ()
+    #: Evaluation faults (not the checkpoint's) on this checkpoint so far.
+    faults: int = 0
+
+    @property
+    def sort_key(self) -> tuple[bool, int, int]:
+        step = self.checkpoint.name_step
+        return step is None, step or 0, self.order
+
+
+class Backlog:
+    """The pending checkpoints of one model directory under one evaluation name."""
+
+    def __init__(self, model_dir: str, *, grace: float = DEFAULT_GRACE) -> None:
+        self.model_dir = model_dir
+        self.grace = grace
+        self._lock = threading.Lock()
+        self._pending: dict[str, Pending] = {}
+        #: checkpoint name -> fingerprints recorded ("" stands for any; see Store.recorded).
+        self._recorded: dict[str, set[str]] = {}
+        #: Name families (`model.ckpt`) of the checkpoints the state file has listed.
+        self.families: set[str] = set()
+        self._order = itertools.count()
+        #: The newest step and the latest detection order seen on disk: what makes an absent one missing.
+        self._newest_step_on_disk = -1
+        self._latest_order_on_disk = -1
+        self._ignored: set[str] = set()
+
+    # -- what the database holds --------------------------------------------------------------
+
+    def set_recorded(self, recorded: dict[str, set[str]]) -> None:
+        """Take the rows the database holds now (at start, and on every re-scan: other evaluators,
+        `evaluator retry`); pending checkpoints that have a row now are dropped."""
+        with self._lock:
+            self._recorded = recorded
+            for name in [n for n, p in self._pending.items() if self._is_recorded(p.checkpoint)]:
+                del self._pending[name]
+
+    def recorded_count(self) -> int:
+        with self._lock:
+            return len(self._recorded)
+
+    def done(self, pending: Pending, fingerprint: str | None) -> None:
+        """`pending` has a row now (recorded by us or by another evaluator)."""
+        with self._lock:
+            self._pending.pop(pending.checkpoint.name, None)
+            fingerprints = self._recorded.setdefault(pending.checkpoint.name, set())
+            if fingerprint:
+                fingerprints.add(fingerprint)
+
+    def _is_recorded(self, ckpt: Checkpoint) -> bool:
+        fingerprints = self._recorded.get(ckpt.name)
+        if fingerprints is None:
+            return False
+        if "" in fingerprints:
+            return True
+        found = checkpoints.fingerprint(ckpt.path)
+        return found is None or found in fingerprints  # gone: its row says what became of it
+
+    # -- what was seen ------------------------------------------------------------------------
+
+    def observe(self, state: State) -> tuple[list[Checkpoint], list[str]]:
+        """Take one read of the state file; returns the checkpoints new to the backlog and the
+        listed paths outside the model directory not reported before."""
+        new: list[Checkpoint] = []
+        with self._lock:
+            for ckpt in state.checkpoints:
+                self.families.add(checkpoints.family(ckpt.name))
+                pending = self._pending.get(ckpt.name)
+                if pending is not None:
+                    pending.listed = True
+                elif not self._is_recorded(ckpt):
+                    self._add(ckpt, listed=True, on_disk=checkpoints.exists(ckpt.path))
+                    new.append(ckpt)
+            ignored = [path for path in state.ignored if path not in self._ignored]
+            self._ignored.update(ignored)
+        return new, ignored
+
+    def found_on_disk(self, found: list[Checkpoint]) -> list[Checkpoint]:
+        """Checkpoints whose `.index` is on disk (an event, or a scan of the directory), in families
+        the state file lists; returns those new to the backlog."""
+        new: list[Checkpoint] = []
+        with self._lock:
+            for ckpt in found:
+                if checkpoints.family(ckpt.name) not in self.families:
+                    continue
+                pending = self._pending.get(ckpt.name)
+                if pending is not None:
+                    self._saw_on_disk(pending)
+                elif not self._is_recorded(ckpt):
+                    self._add(ckpt, listed=False, on_disk=True)
+                    new.append(ckpt)
+        return new
+
+    def _add(self, ckpt: Checkpoint, *, listed: bool, on_disk: bool) -> None:
+        pending = Pending(ckpt, utcnow(), time.monotonic(), next(self._order), listed=listed, seen_on_disk=False)
+        self._pending[ckpt.name] = pending
+        if on_disk:
+            self._saw_on_disk(pending)
+
+    def _saw_on_disk(self, pending: Pending) -> None:
+        if not pending.seen_on_disk:
+            pending.not_before = 0.0  # it was waiting for its files: they are here
+        pending.seen_on_disk = True
+        if pending.checkpoint.name_step is not None:
+            self._newest_step_on_disk = max(self._newest_step_on_disk, pending.checkpoint.name_step)
+        self._latest_order_on_disk = max(self._latest_order_on_disk, pending.order)
+
+    def saw_on_disk(self, pending: Pending) -> None:
+        with self._lock:
+            self._saw_on_disk(pending)
+
+    # -- what to do next ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def due(self) -> list[Pending]:
+        """The pending checkpoints that may be tried now, oldest step first."""
+        now = time.monotonic()
+        with self._lock:
+            return sorted((p for p in self._pending.values() if p.not_before <= now), key=lambda p: p.sort_key)
+
+    def next_due_in(self) -> float | None:
+        """Seconds until a deferred checkpoint may be tried again (None: nothing deferred)."""
+        now = time.monotonic()
+        with self._lock:
+            waits = [p.not_before - now for p in self._pending.values() if p.not_before > now]
+        return max(0.0, min(waits)) if waits else None
+
+    def defer(self, pending: Pending, seconds: float) -> None:
+        pending.not_before = time.monotonic() + seconds
+
+    def is_missing(self, pending: Pending, *, once: bool) -> bool:
+        """Whether a checkpoint whose files are not on disk now counts as missing (see the module
+        docstring). With --once nothing comes back to look later, so the grace period is zero."""
+        if pending.seen_on_disk:
+            return True
+        with self._lock:
+            step = pending.checkpoint.name_step
+            newer = (self._newest_step_on_disk > step if step is not None
+                     else self._latest_order_on_disk > pending.order)
+        return newer and (once or time.monotonic() - pending.first_seen >= self.grace)
+
+    def waiting_for_files(self) -> list[Pending]:
+        """Pending checkpoints that were listed but have never been on disk."""
+        with self._lock:
+            return [p for p in self._pending.values() if not p.seen_on_disk]
