@@ -108,11 +108,13 @@ class Backlog:
 
     # -- what was seen ------------------------------------------------------------------------
 
-    def observe(self, state: State) -> tuple[list[Checkpoint], list[str]]:
-        """Take one read of the state file; returns the checkpoints new to the backlog and the
-        listed paths outside the model directory not reported before."""
+    def observe(self, state: State) -> tuple[list[Checkpoint], list[str], bool]:
+        """Take one read of the state file; returns the checkpoints new to the backlog, the listed
+        paths outside the model directory not reported before, and whether it named a family of
+        checkpoints not seen before (whose files on disk are then worth a look)."""
         new: list[Checkpoint] = []
         with self._lock:
+            families = len(self.families)
             for ckpt in state.checkpoints:
                 self.families.add(checkpoints.family(ckpt.name))
                 pending = self._pending.get(ckpt.name)
@@ -123,7 +125,8 @@ class Backlog:
                     new.append(ckpt)
             ignored = [path for path in state.ignored if path not in self._ignored]
             self._ignored.update(ignored)
-        return new, ignored
+            new_family = len(self.families) > families
+        return new, ignored, new_family
 
     def found_on_disk(self, found: list[Checkpoint]) -> list[Checkpoint]:
         """Checkpoints whose `.index` is on disk (an event, or a scan of the directory), in families
@@ -170,6 +173,14 @@ class Backlog:
         now = time.monotonic()
         with self._lock:
             return sorted((p for p in self._pending.values() if p.not_before <= now), key=lambda p: p.sort_key)
+
+    def first_due(self, skip: set[str]) -> Pending | None:
+        """The oldest-step pending checkpoint that may be tried now, not named in `skip`. Asked
+        afresh before each evaluation: checkpoints found meanwhile take their place in step order."""
+        now = time.monotonic()
+        with self._lock:
+            due = [p for p in self._pending.values() if p.not_before <= now and p.checkpoint.name not in skip]
+            return min(due, key=lambda p: p.sort_key, default=None)
 
     def next_due_in(self) -> float | None:
         """Seconds until a deferred checkpoint may be tried again (None: nothing deferred)."""

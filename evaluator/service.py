@@ -227,15 +227,14 @@ class Service:
         self._observe()
         if time.monotonic() - self._last_rescan >= self.options.rescan_interval:
             self._rescan()
-        due = self.backlog.due()
-        absent = [p for p in due if not checkpoints.exists(p.checkpoint.path)]
+        absent = [p for p in self.backlog.due() if not checkpoints.exists(p.checkpoint.path)]
         done = self._settle_absent(absent)
-        skip = {p.checkpoint.name for p in absent}
-        for pending in due:
-            if self.shutdown.requested:
+        tried = {p.checkpoint.name for p in absent}
+        while not self.shutdown.requested:
+            pending = self.backlog.first_due(skip=tried)
+            if pending is None:
                 break
-            if pending.checkpoint.name in skip:
-                continue
+            tried.add(pending.checkpoint.name)
             try:
                 evaluation = self._attempt(pending)
             except Abandoned:
@@ -294,10 +293,12 @@ class Service:
             self._state_file_problem(str(err))
             return
         self._state_file_problem(None)
-        new, ignored = self.backlog.observe(state)
+        new, ignored, new_family = self.backlog.observe(state)
         for path in ignored:
             self.log.warning("state file lists a path outside the model directory; ignored", path=path)
         self._log_detected(new, "state file")
+        if new_family:  # its checkpoints already on disk (those the state file doesn't list) count too
+            self._scan_disk()
 
     def _on_written(self, prefix: str) -> None:
         """From the watcher's thread: a checkpoint's index appeared. In a family the state file
@@ -319,6 +320,9 @@ class Service:
             self.backlog.set_recorded(self.store.recorded(self.model_dir, self.options.name))
         except DatabaseError as err:
             self.log.warning("cannot read the database; will try again", error=str(err))
+        self._scan_disk()
+
+    def _scan_disk(self) -> None:
         found = checkpoints.scan(self.model_dir, self.backlog.families)
         self._log_detected(self.backlog.found_on_disk(found), "directory scan")
 
@@ -398,7 +402,9 @@ class Service:
                             lambda: self.store.claim(key, self.owner, self.options.lease),  # type: ignore[union-attr]
                             checkpoint=ckpt.name)
         if claim is None:
-            raise Abandoned("shutdown")
+            self.log.warning("stopping while the database refuses writes; the checkpoint runs again at the next "
+                             "start", checkpoint=ckpt.name)
+            return None
         if claim is Claim.RECORDED:
             self.backlog.done(pending, fingerprint)
             return None

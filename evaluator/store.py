@@ -324,7 +324,6 @@ class Store:
     def record_many(self, evaluations: Iterable[Evaluation], owner: str | None = None) -> int:
         """Write rows in one transaction, skipping those that exist; returns how many were new."""
         evaluations = list(evaluations)
-        self.check_identity()
         inserted = 0
         with self._writing() as session:
             for evaluation in evaluations:
@@ -354,7 +353,9 @@ class Store:
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
-        """One write transaction (SQLite: BEGIN IMMEDIATE), its errors as the project's own."""
+        """One write transaction (SQLite: BEGIN IMMEDIATE), its errors as the project's own; first,
+        the check that the file `watch` set up is still the one at its path."""
+        self.check_identity()
         try:
             with Session(self._writer) as session, session.begin():
                 yield session

@@ -42,7 +42,7 @@ def test_once_then_report(tmp_path: Path, db: Path) -> None:
     table = run_cli("report", "--db", sqlite_url(db), "--model-dir", str(model_dir), "--last", "2")
     assert "model.ckpt-90" in table.stdout and "model.ckpt-30" not in table.stdout and "★" in table.stdout
     csv_out = run_cli("report", "--db", sqlite_url(db), "--format", "csv").stdout.splitlines()
-    assert csv_out[0].startswith("model_dir,checkpoint,step,status,accuracy") and len(csv_out) == 4
+    assert csv_out[0].startswith("model_dir,name,checkpoint,fingerprint,step,status,accuracy") and len(csv_out) == 4
 
 
 def test_watch_keeps_up_with_a_live_trainer(tmp_path: Path, db: Path, daemons: list[Daemon]) -> None:

@@ -138,7 +138,7 @@ def test_garbage_state_files(tmp_path: Path, trained_dir: Path, db: Path, daemon
     """Scenario 4: a garbage `checkpoint` state file: random bytes, empty, outside paths, a path to nothing"""
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    daemon = Daemon(model_dir, db, "--rescan", "0.5").start()
+    daemon = Daemon(model_dir, db, "--rescan", "0.5", "--missing-grace", "1").start()
     daemons.append(daemon)
     daemon.wait_ready()
     state = model_dir / "checkpoint"
@@ -153,19 +153,21 @@ def test_garbage_state_files(tmp_path: Path, trained_dir: Path, db: Path, daemon
     warned(2)
     write_state(model_dir, ["/etc/passwd"])
     daemon.wait_event("state file lists a path outside the model directory; ignored", path="/etc/passwd")
-    write_state(model_dir, ["model.ckpt-999"])  # a path to nothing
-    missing = daemon.wait_rows(1)
-    assert (missing[0]["checkpoint"], missing[0]["status"]) == ("model.ckpt-999", "missing")
+    write_state(model_dir, ["model.ckpt-999"])  # a path to nothing: waited for (a copy may bring it)
+    time.sleep(2)
+    assert read_rows(db) == []
     assert daemon.process is not None and daemon.process.poll() is None
 
     copy_checkpoint(trained_dir, "model.ckpt-60", model_dir, "model.ckpt-1000")
     write_state(model_dir, ["model.ckpt-999", "model.ckpt-1000"])  # valid again: it recovers
-    rows = daemon.wait_rows(2)
-    assert rows[-1]["checkpoint"] == "model.ckpt-1000" and rows[-1]["status"] == "ok"
+    rows = {r["checkpoint"]: r for r in daemon.wait_rows(2)}
+    assert rows["model.ckpt-1000"]["status"] == "ok"
+    # a newer checkpoint is there and the grace is over: the path to nothing is `missing`
+    assert rows["model.ckpt-999"]["status"] == "missing"
     assert any(e["event"] == "state file readable again" for e in daemon.events())
     assert daemon.stop() == 0
     record_property("detail", "random bytes, empty: warned and waited; /etc/passwd ignored; "
-                              "a path to nothing: `missing`; a valid file: evaluated")
+                              "a path to nothing: waited for, `missing` once a newer one was there; a valid file: evaluated")
 
 
 def test_a_burst_of_200_checkpoints(tmp_path: Path, staged: Path, db: Path, daemons: list[Daemon],

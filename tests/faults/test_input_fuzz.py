@@ -16,9 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from datetime import datetime, timezone
+
 from evaluator import checkpoints
 from evaluator.cli import main
 from evaluator.errors import EvaluatorError
+from evaluator.evaluation import MAX_STEP, Evaluation, Status
 from evaluator.store import Store
 from tests.conftest import run_cli, sqlite_url
 
@@ -80,6 +83,46 @@ def test_any_checkpoint_name(name: str) -> None:
     assert checkpoints.step_from_name(family) is None or family != name
 
 
+@fuzz(100)
+@given(names=st.lists(st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b and b"\0" not in b
+                                                                  and b not in (b".", b"..")), max_size=5),
+       steps=st.lists(st.integers(min_value=0, max_value=10**40), min_size=1, max_size=5))
+def test_any_file_names_and_step_numbers_on_disk(tmp_path: Path, names: list[bytes], steps: list[int]) -> None:
+    """Scenario 10d: file names of arbitrary bytes and steps of any size in a model directory"""
+    root = tmp_path / f"d{hashlib.sha1(repr((names, steps)).encode()).hexdigest()[:8]}"
+    root.mkdir()
+    for name in names:
+        (Path(os.fsdecode(bytes(root))) / os.fsdecode(name + b".index")).write_bytes(b"x")
+    for step in steps:
+        (root / f"model.ckpt-{step}.index").write_bytes(b"x")
+    found = checkpoints.scan(str(root), {"model.ckpt"} | {checkpoints.family(os.fsdecode(n)) for n in names})
+    for ckpt in found:
+        ckpt.name.encode("utf-8")  # every key is text
+        assert ckpt.name_step is None or 0 <= ckpt.name_step <= MAX_STEP
+        assert checkpoints.fingerprint(ckpt.path) is not None
+    by_name = {c.name: c.name_step for c in found}
+    for step in steps:
+        assert by_name[f"model.ckpt-{step}"] == (step if step <= MAX_STEP else None)
+
+
+@fuzz(40)
+@given(step=st.integers(min_value=0, max_value=10**30))
+def test_any_step_number_is_stored_or_dropped_never_a_crash(step_store: Store, step: int) -> None:
+    """Scenario 10e: a checkpoint named with a step of any size gets a row"""
+    name = f"model.ckpt-{step}"
+    when = datetime.now(timezone.utc)
+    evaluation = Evaluation("/m", name, checkpoints.step_from_name(name), Status.OK, when, fingerprint=str(step))
+    step_store.record(evaluation)
+    assert name in step_store.recorded("/m", "default")
+
+
+@pytest.fixture(scope="module")
+def step_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    store = Store.open(sqlite_url(tmp_path_factory.mktemp("steps") / "e.db"), create=True)
+    store.upgrade()
+    return store
+
+
 # -- the command line --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -107,9 +150,10 @@ def assert_rejected(args: list[str], capsys: pytest.CaptureFixture[str], databas
 
 
 @fuzz(80)
-@given(value=st.one_of(st.integers(max_value=0).map(str), _path_text.filter(lambda s: not s.strip().isdigit())))
+@given(value=st.one_of(st.integers(max_value=0).map(str), st.integers(min_value=10**9 + 1).map(str),
+                       _path_text.filter(lambda s: not s.strip().isdigit())))
 def test_bad_last_values(value: str, capsys: pytest.CaptureFixture[str], database: Path) -> None:
-    """CLI fuzz: `report --last` with negative, zero and non-integer values"""
+    """CLI fuzz: `report --last` with negative, zero, non-integer and huge values"""
     before = digest(database)
     assert_rejected(["report", "--db", sqlite_url(database), "--last", value], capsys, database, before)
 
