@@ -245,7 +245,9 @@ class Service:
                 if self._consecutive_faults:
                     break  # the task or the machine is failing: wait for the backoff
                 continue
-            if not self._record(pending, evaluation):
+            recorded = self._record(pending, evaluation)
+            self.heartbeat.holding.clear()  # type: ignore[union-attr]
+            if not recorded:
                 break
             done += 1
         return done
@@ -412,10 +414,11 @@ class Service:
             self.log.debug("claimed by another evaluator", checkpoint=ckpt.name)
             self.backlog.defer(pending, min(self.options.lease / 3, 5.0))
             return None
-        self.heartbeat.holding.set()
+        self.heartbeat.holding.set()  # until the row is written (the loop clears it)
         try:
             return self._evaluate(pending, fingerprint)
         except (CheckpointIncomplete, EvaluationFault, Abandoned) as err:
+            self.heartbeat.holding.clear()
             self._write("release the claim", lambda: self.store.release_claims(self.owner, key),  # type: ignore[union-attr]
                         checkpoint=ckpt.name)
             if isinstance(err, Abandoned):
@@ -425,8 +428,6 @@ class Service:
                     return None
                 return replace(self._base(pending, fingerprint, utcnow()), error=str(err))
             return self._fault(pending, fingerprint, err)
-        finally:
-            self.heartbeat.holding.clear()
 
     def _evaluate(self, pending: Pending, fingerprint: str) -> Evaluation:
         """Restore and validate one checkpoint: its row (ok, failed, missing). Raises

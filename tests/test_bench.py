@@ -25,7 +25,7 @@ def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
                             env=cli_env(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(figures_path.read_text())
-    assert {"machine", "latency", "idle", "cost", "memory", "report", "throughput"} <= set(figures)
+    assert {"machine", "latency", "idle", "cost", "memory", "report", "throughput", "poll"} <= set(figures)
 
     latency = figures["latency"]
     assert latency["evaluator_evaluated"] == latency["checkpoints"]  # every checkpoint, each once
@@ -37,9 +37,13 @@ def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert figures["report"]["report_last_10_s"] > 0 and figures["report"]["rows"] == 2000
     throughput = figures["throughput"]
     assert throughput["ok"] == throughput["checkpoints"]
+    assert figures["cost"]["claim_ms"] > 0
+    assert figures["report"]["all_rows_json_s"] > 0 and figures["report"]["all_rows_table_peak_rss_mb"] > 0
+    events = figures["poll"]["events"]
+    assert events["rows"] == events["saved"] == 20  # with events, every save gets a row
 
     table = table_path.read_text()
     for measure in ("1. detection latency", "2. restore + evaluate", "3. RSS", "4. idle CPU", "5. `evaluator report",
-                    "6. throughput"):
+                    "6. throughput", "7. a fast trainer"):
         assert measure in table
     assert table in result.stdout
