@@ -236,7 +236,8 @@ def measure_cost(work: Path, sizes: Sizes) -> dict[str, Any]:
     from bench.baseline import HandWritten
     from evaluator import checkpoints
     from evaluator.evaluation import Evaluation, Status
-    from evaluator.model import EvalModel, select_device
+    from evaluator.models.device import select_device
+    from evaluator.models.graph import GraphModel as EvalModel
     from evaluator.store import Store
 
     model_dir = work / "cost"
@@ -267,7 +268,7 @@ def measure_cost(work: Path, sizes: Sizes) -> dict[str, Any]:
     for index in range(30):
         now = datetime.now(timezone.utc)
         row = Evaluation(model_dir="/bench", checkpoint=f"m-{index}", step=index, status=Status.OK,
-                         evaluated_at=now, accuracy=0.5, loss=1.0, examples=10, ema=True, fingerprint="f")
+                         evaluated_at=now, accuracy=0.5, loss=1.0, examples=10, ema_source="tf1-names", fingerprint="f")
         start = time.perf_counter()
         store.claim(row.key, "bench", lease=90)
         claim.append(time.perf_counter() - start)
@@ -327,7 +328,7 @@ def measure_report(work: Path, sizes: Sizes) -> dict[str, Any]:
     jobs = 4
     rows = [{"model_dir": f"/data/jobs/job{j}", "checkpoint": f"model.ckpt-{i * 100}", "step": i * 100,
              "status": "ok", "accuracy": 0.5 + (i % 997) / 2000, "loss": 1.0 / (i + 1), "examples": 10_000,
-             "ema": True, "restore_seconds": 0.05, "eval_seconds": 1.0, "device": "cpu",
+             "ema_source": "tf1-names", "restore_seconds": 0.05, "eval_seconds": 1.0, "device": "cpu",
              "detected_at": now, "started_at": now, "evaluated_at": now}
             for j in range(jobs) for i in range(sizes.report_rows // jobs)]
     with Session(store.engine) as session, session.begin():
@@ -363,9 +364,11 @@ def measure_report(work: Path, sizes: Sizes) -> dict[str, Any]:
 
     def everything(fmt: str) -> tuple[float, float]:
         """`report --last 1000000 --format FMT` on every row: seconds and the process's peak RSS (MB)."""
-        code = ("import resource, sys; from evaluator.cli import main\n"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (large) parent.
+        code = ("import sys; from evaluator.cli import main\n"
                 "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+                "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+                "print(hwm.split()[1], file=sys.stderr)")
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", code, "report", "--last", "1000000", "--format", fmt,
                                "--db", url], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

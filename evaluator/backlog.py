@@ -130,17 +130,20 @@ class Backlog:
 
     def found_on_disk(self, found: list[Checkpoint]) -> list[Checkpoint]:
         """Checkpoints whose `.index` is on disk (an event, or a scan of the directory), in families
-        the state file lists; returns those new to the backlog."""
+        the state file lists; returns those new to the backlog. One counts as seen on disk (so
+        that its disappearance means deletion) once its data is there too."""
         new: list[Checkpoint] = []
         with self._lock:
             for ckpt in found:
                 if checkpoints.family(ckpt.name) not in self.families:
                     continue
+                complete = checkpoints.exists(ckpt.path)  # an index without its data is not there yet
                 pending = self._pending.get(ckpt.name)
                 if pending is not None:
-                    self._saw_on_disk(pending)
+                    if complete:
+                        self._saw_on_disk(pending)
                 elif not self._is_recorded(ckpt):
-                    self._add(ckpt, listed=False, on_disk=True)
+                    self._add(ckpt, listed=False, on_disk=complete)
                     new.append(ckpt)
         return new
 

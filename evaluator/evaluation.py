@@ -9,6 +9,11 @@ from typing import Any
 
 #: The evaluation name when --name is not given.
 DEFAULT_NAME = "default"
+#: Where a checkpoint kept the averages that were restored: TF1 `<var>/ExponentialMovingAverage`
+#: names (Saver), Keras 3 `optimizer(use_ema=True)`, tf_keras `use_ema`, an eager
+#: tf.train.ExponentialMovingAverage tracked in an object checkpoint; NO_EMA: the raw weights.
+EMA_SOURCES = ("tf1-names", "keras", "tf-keras", "tf-ema")
+NO_EMA = "none"
 #: The largest step a row holds (a signed 64-bit integer); a larger `-N` suffix is no step.
 MAX_STEP = 2**63 - 1
 
@@ -44,8 +49,9 @@ class Evaluation:
     accuracy: float | None = None
     loss: float | None = None
     examples: int | None = None
-    #: Whether EMA shadow values were restored (None when nothing was restored).
-    ema: bool | None = None
+    #: Where the restored averages came from (EMA_SOURCES), "none" for raw weights, None when
+    #: nothing was restored.
+    ema_source: str | None = None
     restore_seconds: float | None = None
     eval_seconds: float | None = None
     device: str | None = None
@@ -56,8 +62,23 @@ class Evaluation:
     started_at: datetime | None = None
 
     @property
+    def ema(self) -> bool | None:
+        """Whether exponential-moving-average values were restored (None: nothing was restored)."""
+        return None if self.ema_source is None else self.ema_source != NO_EMA
+
+    @property
     def key(self) -> CheckpointKey:
         return CheckpointKey(self.model_dir, self.name, self.checkpoint, self.fingerprint)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """One checkpoint's figures over the whole validation set."""
+
+    accuracy: float
+    loss: float
+    examples: int
+    seconds: float
 
 
 @dataclass(frozen=True)

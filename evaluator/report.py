@@ -17,7 +17,7 @@ FORMATS = ("table", "json", "csv")
 #: The fields of each JSON object / CSV column, in order.
 FIELDS = (
     "model_dir", "name", "checkpoint", "fingerprint", "step", "status", "accuracy", "loss", "examples", "ema",
-    "best", "restore_seconds", "eval_seconds", "device", "detected_at", "started_at", "evaluated_at", "error",
+    "ema_source", "best", "restore_seconds", "eval_seconds", "device", "detected_at", "started_at", "evaluated_at", "error",
 )
 _NOTE_WIDTH = 70
 
@@ -94,7 +94,7 @@ def _table(model_dir: str, name: str, rows: list[Evaluation], history: History) 
             (f"{row.accuracy:.4f}" if row.accuracy is not None else "") + (" ★" if history.is_best(row) else ""),
             f"{row.loss:.4f}" if row.loss is not None else "",
             _text(row.examples),
-            {True: "yes", False: "no", None: ""}[row.ema],
+            {None: "", "none": "no"}.get(row.ema_source, row.ema_source or ""),
             _status(row.status),
             row.checkpoint,
             row.evaluated_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),

@@ -81,7 +81,8 @@ class EvaluationRow(Base):
     accuracy: Mapped[float | None] = mapped_column(Float)
     loss: Mapped[float | None] = mapped_column(Float)
     examples: Mapped[int | None] = mapped_column(Integer)
-    ema: Mapped[bool | None]
+    #: Where the restored averages came from (evaluation.EMA_SOURCES), "none": raw weights.
+    ema_source: Mapped[str | None] = mapped_column(String(32))
     restore_seconds: Mapped[float | None] = mapped_column(Float)
     eval_seconds: Mapped[float | None] = mapped_column(Float)
     device: Mapped[str | None] = mapped_column(String(64))

@@ -53,8 +53,8 @@ from evaluator.store import Claim, Store, describe
 from evaluator.task import batch_size_of, load_task
 from evaluator.watcher import Watcher
 
-if TYPE_CHECKING:  # pragma: no cover - the model module imports TensorFlow; it is loaded at start-up
-    from evaluator.model import EvalModel
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from evaluator.models import EvalModel
 
 #: Longest pause between retries of a failed database write, or after an evaluation fault.
 MAX_RETRY_DELAY = 60.0
@@ -64,6 +64,8 @@ MISSING_DIR_TICK = 1.0
 SETTLE_SECONDS = 3.0
 #: ...at most this many times (backoff 0.5, 1, 2, 4, 8, 8, 8 s: about half a minute).
 MAX_SHORT_READS = 8
+#: Seconds of quiet after which the database connection is released (files not held open).
+RELEASE_AFTER = 2.0
 #: Up to this many new checkpoints are logged one line each; more make one summary line.
 DETAIL_LINES = 10
 
@@ -85,6 +87,8 @@ class Service:
         self.owner = owner_id()
         self._settings = options.settings()
         self._wake = threading.Event()
+        #: Set while a pass of the loop runs (see _on_change).
+        self._busy = threading.Event()
         self._lock = threading.Lock()
         self._state_problem: str | None = None
         self._present: bool | None = None
@@ -164,15 +168,13 @@ class Service:
                          "(give --name to keep evaluations apart)", name=self.options.name, differ=differ)
 
     def _build(self, task: Any) -> EvalModel:
-        from evaluator.model import EvalModel  # imports TensorFlow
+        from evaluator import models  # build() imports TensorFlow
 
         log.route_tensorflow_logger()
         batch_size = self.options.batch_size or batch_size_of(task)
-        model = EvalModel.build(task, device=self.options.device, ema=self.options.ema,
-                                ema_name=self.options.ema_name,
-                                **({"batch_size": batch_size} if batch_size else {}))
-        self.log.info("evaluation model built", device=model.device, operations=model.operations,
-                      examples=model.validator.examples)
+        model = models.build(task, device=self.options.device, ema=self.options.ema,
+                             ema_name=self.options.ema_name, **({"batch_size": batch_size} if batch_size else {}))
+        self.log.info("evaluation model built", **model.describe())
         return model
 
     def _stop(self) -> None:
@@ -216,7 +218,11 @@ class Service:
         while not self.shutdown.requested:
             present = self._ensure_watch()
             if present or (self.options.once and not self.options.wait_for_dir):
-                self.evaluate_pending()
+                self._busy.set()
+                try:
+                    self.evaluate_pending()
+                finally:
+                    self._busy.clear()
                 if self.options.once and self.backlog.next_due_in() is None:
                     return
             self._idle(present)
@@ -253,8 +259,8 @@ class Service:
         return done
 
     def _idle(self, present: bool) -> None:
-        if self.store is not None:
-            self.store.release()
+        """Wait for the next wake; the database connection is released once the quiet lasts
+        RELEASE_AFTER seconds (within a burst it stays open: reconnecting costs milliseconds)."""
         self.notifier.ping()
         timeout = self.options.rescan_interval if present else min(self.options.rescan_interval, MISSING_DIR_TICK)
         due_in = self.backlog.next_due_in()
@@ -262,7 +268,11 @@ class Service:
             timeout = min(timeout, due_in)
         if self.notifier.watchdog_interval:
             timeout = min(timeout, self.notifier.watchdog_interval / 2)
-        self._wake.wait(timeout)
+        quiet = min(timeout, RELEASE_AFTER)
+        if self._wake.wait(quiet) or self.store is None:
+            return
+        self.store.release()
+        self._wake.wait(timeout - quiet)
 
     def _ensure_watch(self) -> bool:
         """Whether the model directory is there (and watched); logs when that changes."""
@@ -283,8 +293,11 @@ class Service:
     # -- what is pending --------------------------------------------------------------------
 
     def _on_change(self) -> None:
-        """From the watcher's thread: note what the state file lists now, and wake the loop."""
-        self._observe()
+        """From the watcher's thread: wake the loop. While it is busy evaluating, also note what the
+        state file lists now (rotations meanwhile would hide checkpoints); when it is idle it reads
+        the file itself at once, and a second read here would only compete with it."""
+        if self._busy.is_set():
+            self._observe()
         self._wake.set()
 
     def _observe(self) -> None:
@@ -448,8 +461,10 @@ class Service:
             raise EvaluationFault(f"{type(err).__name__}: {first_line(err)}") from err
         metrics = outcome.metrics
         self._consecutive_faults = 0
+        for warning in outcome.warnings:
+            self.log.warning(warning, checkpoint=ckpt.name)
         return replace(base, status=Status.OK, step=outcome.step, accuracy=metrics.accuracy,
-                       loss=metrics.loss, examples=metrics.examples, ema=outcome.ema,
+                       loss=metrics.loss, examples=metrics.examples, ema_source=outcome.ema_source,
                        restore_seconds=outcome.restore_seconds, eval_seconds=metrics.seconds,
                        evaluated_at=utcnow())
 
@@ -545,7 +560,7 @@ class Service:
         fields: dict[str, Any] = {"checkpoint": e.checkpoint, "step": e.step, "status": e.status.value}
         if e.status is Status.OK:
             fields.update(accuracy=round(e.accuracy or 0.0, 6), loss=round(e.loss or 0.0, 6), examples=e.examples,
-                          ema=e.ema, restore_seconds=round(e.restore_seconds or 0.0, 4),
+                          ema=e.ema_source, restore_seconds=round(e.restore_seconds or 0.0, 4),
                           eval_seconds=round(e.eval_seconds or 0.0, 4), device=e.device)
             self.log.info("evaluated", **fields)
         else:

@@ -275,19 +275,31 @@ class Store:
         return json.loads(text) if text else None
 
     def claim(self, key: CheckpointKey, owner: str, lease: float) -> Claim:
-        """Claim `key` for `owner` for `lease` seconds, taking over a claim that has expired."""
+        """Claim `key` for `owner` for `lease` seconds, taking over a claim that has expired.
+
+        One upsert: insert the claim, or overwrite it if it is `owner`'s own or has expired.
+        """
         now = _now()
+        values = {"model_dir": key.model_dir, "name": key.name, "checkpoint": key.checkpoint,
+                  "fingerprint": key.fingerprint, "owner": owner, "claimed_at": now,
+                  "expires_at": now + timedelta(seconds=lease)}
+        upsert = _upsert(self.engine.dialect.name)
         with self._writing() as session:
             if session.scalar(select(EvaluationRow.id).where(*_matches(EvaluationRow, key)).limit(1)):
                 return Claim.RECORDED
-            session.execute(delete(ClaimRow).where(*_matches(ClaimRow, key), ClaimRow.expires_at < now))
-            if session.scalar(select(ClaimRow.owner).where(*_matches(ClaimRow, key))) not in (None, owner):
-                return Claim.HELD
-            session.execute(delete(ClaimRow).where(*_matches(ClaimRow, key)))
-            session.add(ClaimRow(model_dir=key.model_dir, name=key.name, checkpoint=key.checkpoint,
-                                 fingerprint=key.fingerprint, owner=owner, claimed_at=now,
-                                 expires_at=now + timedelta(seconds=lease)))
-        return Claim.CLAIMED
+            if upsert is None:  # a backend without INSERT ... ON CONFLICT: two statements
+                session.execute(delete(ClaimRow).where(*_matches(ClaimRow, key),
+                                                       or_(ClaimRow.expires_at < now, ClaimRow.owner == owner)))
+                if session.scalar(select(ClaimRow.id).where(*_matches(ClaimRow, key))) is not None:
+                    return Claim.HELD
+                session.execute(insert(ClaimRow).values(**values))
+                return Claim.CLAIMED
+            stmt = upsert(ClaimRow).values(**values).on_conflict_do_update(
+                index_elements=["model_dir", "name", "checkpoint", "fingerprint"],
+                set_={"owner": owner, "claimed_at": now, "expires_at": values["expires_at"]},
+                where=or_(ClaimRow.expires_at < now, ClaimRow.owner == owner),
+            )
+            return Claim.CLAIMED if session.execute(stmt).rowcount == 1 else Claim.HELD
 
     def renew(self, owner: str, lease: float) -> int:
         """Push back the expiry of every claim `owner` holds (the heartbeat); returns how many."""
@@ -527,6 +539,19 @@ def _matches(table: Any, key: CheckpointKey) -> tuple[Any, ...]:
     # A `missing` row does not stand for a checkpoint of the same name that appears later.
     legacy = and_(table.fingerprint == "", table.status != Status.MISSING.value)
     return (*same, or_(table.fingerprint == key.fingerprint, legacy))
+
+
+def _upsert(dialect: str) -> Any:
+    """The `insert` with ON CONFLICT of `dialect` (SQLite and PostgreSQL), else None."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert
+    return None
 
 
 def _now() -> datetime:

@@ -1,6 +1,19 @@
-"""The task: how a user gives the evaluator the model's inference graph and the validation set.
+"""The task: how a user gives the evaluator the model and the validation set.
 
-`--task` names an object as `package.module:NAME` or `path/to/file.py:NAME`. It provides:
+`--task` names an object as `package.module:NAME` or `path/to/file.py:NAME`. There are two kinds,
+chosen by which method the object has; neither is a special case of the other.
+
+A **TF2 task** (Keras 3 or tf.Module) provides:
+
+- ``model()``: returns the trainer's model, built the same way (a Keras model, Sequential,
+  functional or subclassed, or a ``tf.Module`` whose ``__call__(features)`` returns logits).
+  Checkpoints are matched by object structure, not by variable names;
+- ``validation_data()``: as below.
+- optional ``checkpoint_root`` (str, default ``"model"``): the attribute name the trainer used in
+  ``tf.train.Checkpoint(model=...)``; a checkpoint whose root is the model itself works too;
+- optional ``from_logits`` (bool, default True): False when the model ends in a softmax.
+
+A **graph task** (``tf.compat.v1`` code) provides:
 
 - ``inference(features) -> logits``: builds the evaluation graph from a features tensor with
   ``tf.compat.v1`` variables, the same code the trainer used (variable names must match the
@@ -29,12 +42,26 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; keeps TensorFlow out of thi
     import numpy as np
     import tensorflow as tf
 
-REQUIRED = ("inference", "validation_data")
+#: What each kind of task must provide.
+REQUIRED = {"keras": ("model", "validation_data"), "graph": ("inference", "validation_data")}
+
+
+@runtime_checkable
+class KerasTask(Protocol):
+    """A TF2 task. See the module docstring for the contract."""
+
+    def model(self) -> Any:
+        """The trainer's model (Keras 3 or tf.Module), built eagerly."""
+        ...
+
+    def validation_data(self) -> tuple[np.ndarray, np.ndarray] | tf.data.Dataset:
+        """The validation set: numpy (features, labels), or a Dataset of batches."""
+        ...
 
 
 @runtime_checkable
 class Task(Protocol):
-    """What `--task` must name. See the module docstring for the contract."""
+    """A graph task. See the module docstring for the contract."""
 
     def inference(self, features: tf.Tensor) -> tf.Tensor:
         """Build the model on `features` and return logits of shape [batch, classes]."""
@@ -62,13 +89,18 @@ def load_task(spec: str) -> Task:
             obj = obj()
         except Exception as err:
             raise TaskError(f"--task {spec!r}: {name}() failed: {type(err).__name__}: {err}") from err
-    lacking = [member for member in REQUIRED if not callable(getattr(obj, member, None))]
+    lacking = [member for member in REQUIRED[task_kind(obj)] if not callable(getattr(obj, member, None))]
     if lacking:
         raise TaskError(
-            f"--task {spec!r}: {name} lacks {' and '.join(m + '()' for m in lacking)}; "
-            "a task provides inference(features) -> logits and validation_data()"
+            f"--task {spec!r}: {name} lacks {' and '.join(m + '()' for m in lacking)}; a task provides "
+            "validation_data() and either model() (TF2, Keras) or inference(features) -> logits (tf.compat.v1)"
         )
     return obj
+
+
+def task_kind(task: Any) -> str:
+    """"keras" for a task with model() (TF2), else "graph" (inference(), tf.compat.v1)."""
+    return "keras" if callable(getattr(task, "model", None)) else "graph"
 
 
 def batch_size_of(task: Any) -> int | None:

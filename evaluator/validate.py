@@ -17,22 +17,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from evaluator.evaluation import Metrics
 from evaluator.errors import Abandoned, CheckpointError, EvaluationFault, TaskError, first_line
 from evaluator.task import Task
 
 #: Called after each batch with the number of examples done so far; may raise Abandoned.
 Progress = Callable[[int], None]
 DEFAULT_BATCH_SIZE = 1024
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """One checkpoint's figures over the whole validation set."""
-
-    accuracy: float
-    loss: float
-    examples: int
-    seconds: float
 
 
 class _ArrayInput:

@@ -86,6 +86,8 @@ def test_upgrading_from_0002_keeps_rows_and_the_new_key_works(db: Path) -> None:
     assert [(r.checkpoint, r.status.value, r.accuracy, r.name, r.fingerprint) for r in rows] == [
         ("model.ckpt-100", "ok", 0.5, "default", ""), ("model.ckpt-200", "ok", 0.5, "default", ""),
         ("model.ckpt-300", "ok", 0.5, "default", ""), ("model.ckpt-400", "missing", None, "default", "")]
+    assert [r.ema_source for r in rows] == ["tf1-names"] * 3 + [None]  # ema=1 said: names (0004)
+    assert [r.ema for r in rows] == [True] * 3 + [None]
     # an old ok row stands for whatever that name holds: not evaluated again
     when = datetime.now(timezone.utc)
     assert store.record(Evaluation("/m", "model.ckpt-100", 100, Status.OK, when, fingerprint="abc")) is False

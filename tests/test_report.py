@@ -15,12 +15,12 @@ WHEN = datetime(2026, 11, 23, 12, 0, 5, tzinfo=timezone.utc)
 
 def history() -> History:
     ok = Evaluation(model_dir="/jobs/a", checkpoint="model.ckpt-200", step=200, status=Status.OK,
-                    accuracy=0.9125, loss=0.31, examples=360, ema=True, restore_seconds=0.01,
+                    accuracy=0.9125, loss=0.31, examples=360, ema_source="tf1-names", restore_seconds=0.01,
                     eval_seconds=0.2, device="cpu", evaluated_at=WHEN, started_at=WHEN, detected_at=WHEN)
     missing = Evaluation(model_dir="/jobs/a", checkpoint="model.ckpt-300", step=300, status=Status.MISSING,
                          evaluated_at=WHEN, error="model.ckpt-300 was deleted before it could be read")
     other = Evaluation(model_dir="/jobs/b", checkpoint="ckpt-1", step=1, status=Status.OK, accuracy=0.5,
-                       loss=1.0, examples=10, ema=False, evaluated_at=WHEN)
+                       loss=1.0, examples=10, ema_source="none", evaluated_at=WHEN)
     return History(rows=[ok, missing, other], best={("/jobs/a", "default"): ok, ("/jobs/b", "default"): other})
 
 
@@ -36,7 +36,7 @@ def test_json_has_the_documented_fields() -> None:
     first = data[0]
     assert first["model_dir"] == "/jobs/a" and first["checkpoint"] == "model.ckpt-200"
     assert (first["step"], first["accuracy"], first["loss"], first["examples"]) == (200, 0.9125, 0.31, 360)
-    assert (first["ema"], first["status"], first["best"]) == (True, "ok", True)
+    assert (first["ema"], first["ema_source"], first["status"], first["best"]) == (True, "tf1-names", "ok", True)
     assert first["evaluated_at"] == "2026-11-23T12:00:05+00:00"
     assert data[1]["status"] == "missing" and data[1]["accuracy"] is None and data[1]["best"] is False
 

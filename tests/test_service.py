@@ -49,7 +49,7 @@ def test_every_listed_checkpoint_once_oldest_first(model_dir: Path, db: Path, lo
     rows = read_rows(db, model_dir)
     assert [(r["checkpoint"], r["step"], r["status"]) for r in rows] == [
         ("model.ckpt-20", 20, "ok"), ("model.ckpt-40", 40, "ok"), ("model.ckpt-60", 60, "ok")]
-    assert all(r["ema"] == 1 and r["examples"] == 360 and 0 < r["accuracy"] <= 1 for r in rows)
+    assert all(r["ema_source"] == "tf1-names" and r["examples"] == 360 and 0 < r["accuracy"] <= 1 for r in rows)
     assert all(r["detected_at"] <= r["started_at"] <= r["evaluated_at"] for r in rows)
     evaluated = [e for e in events(logs) if e["event"] == "evaluated"]
     assert [e["step"] for e in evaluated] == [20, 40, 60]
@@ -118,7 +118,7 @@ def test_paths_outside_are_logged_and_skipped(model_dir: Path, db: Path, logs: i
 
 def test_no_ema_is_recorded(model_dir: Path, db: Path, logs: io.StringIO) -> None:
     once(model_dir, db, ema=False)
-    assert {r["ema"] for r in read_rows(db)} == {0}
+    assert {r["ema_source"] for r in read_rows(db)} == {"none"}
 
 
 def test_configuration_errors(tmp_path: Path, model_dir: Path, db: Path, logs: io.StringIO) -> None:
@@ -176,5 +176,5 @@ def test_a_checkpoint_manager_directory(tmp_path: Path, db: Path, logs: io.Strin
     assert 'model_checkpoint_path: "ckpt-30"' in (model_dir / "checkpoint").read_text()
     once(model_dir, db)
     rows = read_rows(db)
-    assert [(r["checkpoint"], r["step"], r["status"], r["ema"]) for r in rows] == [
-        ("ckpt-10", 10, "ok", 1), ("ckpt-20", 20, "ok", 1), ("ckpt-30", 30, "ok", 1)]
+    assert [(r["checkpoint"], r["step"], r["status"], r["ema_source"]) for r in rows] == [
+        ("ckpt-10", 10, "ok", "tf1-names"), ("ckpt-20", 20, "ok", "tf1-names"), ("ckpt-30", 30, "ok", "tf1-names")]

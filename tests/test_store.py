@@ -34,9 +34,9 @@ def store(db: Path) -> Store:
 
 
 def test_upgrade_creates_the_schema_and_is_idempotent(store: Store) -> None:
-    assert store.revision() == Store.head_revision() == "0003"
+    assert store.revision() == Store.head_revision() == "0004"
     store.upgrade()
-    assert store.revision() == "0003"
+    assert store.revision() == "0004"
 
 
 def test_sqlite_runs_in_wal_mode(store: Store, db: Path) -> None:
@@ -44,13 +44,13 @@ def test_sqlite_runs_in_wal_mode(store: Store, db: Path) -> None:
 
 
 def test_a_row_round_trips(store: Store, db: Path) -> None:
-    row = evaluation("model.ckpt-100", 100, 0.9125, ema=True, restore_seconds=0.01, eval_seconds=0.2,
+    row = evaluation("model.ckpt-100", 100, 0.9125, ema_source="tf1-names", restore_seconds=0.01, eval_seconds=0.2,
                      device="cpu", detected_at=T0, started_at=T0)
     assert store.record(row) is True
     history = store.history("/jobs/a")
     assert history.rows == [row]
     raw = read_rows(db)[0]
-    assert (raw["status"], raw["step"], raw["accuracy"], raw["ema"]) == ("ok", 100, 0.9125, 1)
+    assert (raw["status"], raw["step"], raw["accuracy"], raw["ema_source"]) == ("ok", 100, 0.9125, "tf1-names")
 
 
 def test_exactly_once_per_model_dir_and_checkpoint(store: Store, db: Path) -> None:

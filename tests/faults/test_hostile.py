@@ -452,7 +452,7 @@ def test_a_second_evaluation_under_another_name(tmp_path: Path, trained_dir: Pat
     assert run_cli(*base).returncode == 0
     assert run_cli(*base, "--no-ema", "--name", "raw").returncode == 0
     rows = read_rows(db)
-    assert Counter((r["name"], r["ema"]) for r in rows) == {("default", 1): 3, ("raw", 0): 3}
+    assert Counter((r["name"], r["ema_source"]) for r in rows) == {("default", "tf1-names"): 3, ("raw", "none"): 3}
     same_name = run_cli(*base, "--no-ema")  # a careless reuse of the default name
     warning = [strict_json(line) for line in same_name.stderr.splitlines() if "other settings" in line]
     assert warning and warning[0]["differ"] == {"ema": {"recorded": True, "now": False},

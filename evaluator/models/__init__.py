@@ -1,0 +1,70 @@
+"""The evaluation model, one module per kind of task behind one interface the service calls:
+
+- `graph.py`: graph tasks, `inference(features) -> logits` in tf.compat.v1 code; Saver restores
+  by variable name, EMA through `ExponentialMovingAverage.variables_to_restore()`.
+- `keras.py`: TF2 tasks, `model()` returning a Keras 3 model or a tf.Module; restores by object
+  matching, EMA found in the checkpoint's object graph, Keras weight files too.
+
+The kind is chosen by which method the task has. Importing this package is cheap; `build`
+imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from evaluator.checkpoints import EMA_NAME, Checkpoint
+from evaluator.evaluation import Metrics
+
+if TYPE_CHECKING:  # pragma: no cover
+    from evaluator.validate import Progress
+
+DEFAULT_BATCH_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One checkpoint restored and validated."""
+
+    step: int | None
+    #: Where the restored averages came from (evaluation.EMA_SOURCES), or "none".
+    ema_source: str
+    restore_seconds: float
+    metrics: Metrics
+    #: Things worth a warning that did not stop the evaluation (averages that could not be used).
+    warnings: tuple[str, ...] = ()
+
+
+class EvalModel(Protocol):
+    """What the service needs of an evaluation model, whatever the kind of task."""
+
+    kind: str
+    #: Whether `*.weights.h5` / `*.keras` files in the model directory are checkpoints for it.
+    reads_weight_files: bool
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def examples(self) -> int | None: ...
+
+    def evaluate(self, checkpoint: Checkpoint, progress: Progress | None = None) -> Outcome: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+def build(task: Any, *, device: str = "auto", ema: bool = True, ema_name: str = EMA_NAME,
+          batch_size: int = DEFAULT_BATCH_SIZE) -> EvalModel:
+    """Build the evaluation model for `task`'s kind, once per process."""
+    from evaluator.task import task_kind
+
+    if task_kind(task) == "keras":
+        from evaluator.models.keras import KerasModel
+
+        return KerasModel.build(task, device=device, ema=ema, ema_name=ema_name, batch_size=batch_size)
+    from evaluator.models.graph import GraphModel
+
+    return GraphModel.build(task, device=device, ema=ema, ema_name=ema_name, batch_size=batch_size)
