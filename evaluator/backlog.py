@@ -130,12 +130,12 @@ class Backlog:
 
     def found_on_disk(self, found: list[Checkpoint]) -> list[Checkpoint]:
         """Checkpoints whose `.index` is on disk (an event, or a scan of the directory), in families
-        the state file lists; returns those new to the backlog. One counts as seen on disk (so
+        the state file lists, and Keras weight files; returns those new to the backlog. One counts as seen on disk (so
         that its disappearance means deletion) once its data is there too."""
         new: list[Checkpoint] = []
         with self._lock:
             for ckpt in found:
-                if checkpoints.family(ckpt.name) not in self.families:
+                if not ckpt.is_weight_file and checkpoints.family(ckpt.name) not in self.families:
                     continue
                 complete = checkpoints.exists(ckpt.path)  # an index without its data is not there yet
                 pending = self._pending.get(ckpt.name)

@@ -22,6 +22,10 @@ INDEX_SUFFIX = ".index"
 EMA_NAME = "ExponentialMovingAverage"
 
 _STEP_SUFFIX = re.compile(r"-(\d+)$")
+#: Keras 3 weight files (`model.save_weights`, `ModelCheckpoint`): each file is one checkpoint.
+WEIGHT_SUFFIXES = (".weights.h5", ".keras")
+#: The step or epoch in a weight file's name: after `epoch`/`step`, else the first number after a separator.
+_FILE_STEP = (re.compile(r"(?:epoch|step)[^0-9a-z]*(\d+)", re.IGNORECASE), re.compile(r"(?:^|[._-])(\d+)"))
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,11 @@ class Checkpoint:
     path: str
     #: The step in the name's `-N` suffix, if any (the restored `global_step` takes precedence).
     name_step: int | None
+
+    @property
+    def is_weight_file(self) -> bool:
+        """A Keras weight file (`*.weights.h5`, `*.keras`) rather than a TensorFlow checkpoint prefix."""
+        return is_weight_file(self.name)
 
 
 @dataclass(frozen=True)
@@ -51,10 +60,20 @@ def normalize_model_dir(path: str | os.PathLike[str]) -> str:
     return os.path.realpath(os.path.abspath(os.fspath(path)))
 
 
+def is_weight_file(name: str) -> bool:
+    return name.endswith(WEIGHT_SUFFIXES)
+
+
 def step_from_name(name: str) -> int | None:
-    """The `-N` suffix of a checkpoint prefix (`model.ckpt-1200` -> 1200), or None (also for a
+    """The `-N` suffix of a checkpoint prefix (`model.ckpt-1200` -> 1200), or a weight file's epoch
+    or step (`model.05.weights.h5` -> 5, `ckpt-epoch-3.keras` -> 3); None without one (also for a
     number too large for a 64-bit step)."""
-    match = _STEP_SUFFIX.search(os.path.basename(name))
+    base = os.path.basename(name)
+    if is_weight_file(base):
+        stem = base[: -len(next(s for s in WEIGHT_SUFFIXES if base.endswith(s)))]
+        match = _FILE_STEP[0].search(stem) or _FILE_STEP[1].search(stem)
+    else:
+        match = _STEP_SUFFIX.search(base)
     if not match or len(match.group(1)) > 19:
         return None
     step = int(match.group(1))
@@ -76,7 +95,9 @@ def at(model_dir: str, path: str) -> Checkpoint | None:
 
 
 def exists(path: str) -> bool:
-    """Whether a checkpoint's index and its first data shard are on disk."""
+    """Whether a checkpoint's index and its first data shard are on disk (a weight file: is there)."""
+    if is_weight_file(path):
+        return os.path.isfile(path)
     if not os.path.isfile(path + INDEX_SUFFIX):
         return False
     # Shard 0 of N is always there; N is 1 unless the saver was sharded. Only then list the
@@ -93,7 +114,7 @@ def fingerprint(path: str) -> str | None:
     """What the checkpoint at prefix `path` is, beyond its name: a hash of its `.index` file (which
     holds every tensor's offset and checksum), or None when there is no index. A training restarted
     from scratch writes the same names with other fingerprints."""
-    index = path + INDEX_SUFFIX
+    index = path if is_weight_file(path) else path + INDEX_SUFFIX  # a weight file: all of it
     try:
         stat = os.stat(index)
         cache_key = (index, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
@@ -114,7 +135,8 @@ def snapshot(path: str) -> tuple[tuple[str, int, int], ...]:
     """(file, size, mtime) of every file of the checkpoint at `path`: what changes while it is still
     being written."""
     found = []
-    for name in sorted(glob.glob(glob.escape(path) + ".*")):
+    names = [path] if is_weight_file(path) else sorted(glob.glob(glob.escape(path) + ".*"))
+    for name in names:
         try:
             stat = os.stat(name)
         except OSError:
@@ -123,9 +145,10 @@ def snapshot(path: str) -> tuple[tuple[str, int, int], ...]:
     return tuple(found)
 
 
-def scan(model_dir: str, families: set[str]) -> list[Checkpoint]:
+def scan(model_dir: str, families: set[str], weight_files: bool = False) -> list[Checkpoint]:
     """The checkpoints on disk (their `.index` is there) whose name family is in `families`: those a
-    state file no longer lists, or never did (`max_to_keep=0` lists only the newest)."""
+    state file no longer lists, or never did (`max_to_keep=0` lists only the newest); with
+    `weight_files`, Keras weight files too."""
     root = normalize_model_dir(model_dir)
     found = []
     try:
@@ -133,11 +156,16 @@ def scan(model_dir: str, families: set[str]) -> list[Checkpoint]:
     except OSError:
         return []
     for entry in entries:
-        if not entry.name.endswith(INDEX_SUFFIX) or not _is_text(entry.name):
+        if not _is_text(entry.name):
             continue
-        ckpt = at(root, entry.name[: -len(INDEX_SUFFIX)])
-        if ckpt is not None and family(ckpt.name) in families:
-            found.append(ckpt)
+        if weight_files and is_weight_file(entry.name) and not entry.name.startswith("."):
+            ckpt = at(root, entry.name)
+            if ckpt is not None:
+                found.append(ckpt)
+        elif entry.name.endswith(INDEX_SUFFIX):
+            ckpt = at(root, entry.name[: -len(INDEX_SUFFIX)])
+            if ckpt is not None and family(ckpt.name) in families:
+                found.append(ckpt)
     return sorted(found, key=lambda c: (c.name_step is None, c.name_step or 0, c.name))
 
 

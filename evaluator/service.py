@@ -132,6 +132,7 @@ class Service:
         self.heartbeat.start()
         if not self.options.once:
             self.watcher = Watcher(self.model_dir, self._on_change, on_written=self._on_written,
+                                   weight_files=self.model.reads_weight_files,
                                    poll=self.options.poll, poll_interval=self.options.poll_interval)
             self.watcher.start()
         self.notifier.ready(self._status_line())
@@ -338,7 +339,8 @@ class Service:
         self._scan_disk()
 
     def _scan_disk(self) -> None:
-        found = checkpoints.scan(self.model_dir, self.backlog.families)
+        assert self.model is not None
+        found = checkpoints.scan(self.model_dir, self.backlog.families, weight_files=self.model.reads_weight_files)
         self._log_detected(self.backlog.found_on_disk(found), "directory scan")
 
     def _log_detected(self, new: list[Checkpoint], source: str) -> None:

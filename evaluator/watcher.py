@@ -35,7 +35,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-from evaluator.checkpoints import INDEX_SUFFIX, STATE_FILE
+from evaluator.checkpoints import INDEX_SUFFIX, STATE_FILE, is_weight_file
 
 _log = structlog.get_logger("evaluator.watcher")
 
@@ -48,14 +48,17 @@ _EVENT_FILTER = [
 
 class _ModelDirHandler(FileSystemEventHandler):
     """Calls `on_change` for events on `<model_dir>/checkpoint` or on the directory itself, and
-    `on_written(prefix)` when a checkpoint's `.index` appears (it is written just before the state file)."""
+    `on_written(prefix)` when a checkpoint's `.index` appears (it is written just before the state file),
+    and, with `weight_files`, `on_written(path)` when a Keras weight file is closed after writing or
+    moved into place."""
 
     def __init__(self, model_dir: str, on_change: Callable[[], None],
-                 on_written: Callable[[str], None] | None) -> None:
+                 on_written: Callable[[str], None] | None, weight_files: bool = False) -> None:
         self._dir = model_dir
         self._state_file = os.path.join(model_dir, STATE_FILE)
         self._on_change = on_change
         self._on_written = on_written
+        self._weight_files = weight_files
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
@@ -78,19 +81,23 @@ class _ModelDirHandler(FileSystemEventHandler):
             self._on_change()
             return
         written = dest if event.event_type == EVENT_TYPE_MOVED else src
-        if (self._on_written is not None and event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED)
-                and written.endswith(INDEX_SUFFIX) and os.path.dirname(written) == self._dir):
+        if self._on_written is None or os.path.dirname(written) != self._dir:
+            return
+        if event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED) and written.endswith(INDEX_SUFFIX):
             self._on_written(written[: -len(INDEX_SUFFIX)])
+        elif (self._weight_files and is_weight_file(written) and not os.path.basename(written).startswith(".")
+              and event.event_type in (EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED, EVENT_TYPE_CREATED)):
+            self._on_written(written)
 
 
 class Watcher:
     """Watches one model directory; survives the directory being deleted and created again."""
 
     def __init__(self, model_dir: str, on_change: Callable[[], None], *,
-                 on_written: Callable[[str], None] | None = None,
+                 on_written: Callable[[str], None] | None = None, weight_files: bool = False,
                  poll: bool = False, poll_interval: float = 1.0) -> None:
         self._dir = model_dir
-        self._handler = _ModelDirHandler(model_dir, on_change, on_written)
+        self._handler = _ModelDirHandler(model_dir, on_change, on_written, weight_files)
         self._observer: BaseObserver = PollingObserver(timeout=poll_interval) if poll else Observer()
         self._watch: ObservedWatch | None = None
         self._identity: tuple[int, int] | None = None

@@ -1,0 +1,505 @@
+"""TF2 tasks: the trainer's model (Keras 3, or a tf.Module) built once, checkpoints restored into it
+by object matching, exponential moving averages found in the checkpoint's object graph, and one
+forward pass traced once as a tf.function for the whole run.
+
+Object matching is what `tf.train.Checkpoint.read` does: walk the checkpoint's object graph and the
+model's trackable children together, by the names the children have (`layer_with_weights-0`,
+`_functional`, `_kernel`...), never by variable names, which Keras makes up per process. Where a
+variable's average is kept depends on who kept it:
+
+- Keras 3 `optimizer(use_ema=True)`: `optimizer/_model_variables_moving_average/i` is the average
+  of `optimizer/_trainable_variables/i`, which is the same object (node) as the model's variable;
+- tf_keras `use_ema`: the optimizer's `_model_variables_moving_average`, full names
+  `<Optimizer>/average/<variable's full name>`;
+- an eager `tf.train.ExponentialMovingAverage` tracked in the checkpoint: full names
+  `<variable's full name>/ExponentialMovingAverage` (or --ema-name).
+
+Keras weight files (`*.weights.h5`, `*.keras`) are loaded with `model.load_weights`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import time
+import zipfile
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf.message import DecodeError
+from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
+
+from evaluator import checkpoints
+from evaluator.checkpoints import EMA_NAME, Checkpoint
+from evaluator.errors import (
+    Abandoned,
+    CheckpointError,
+    CheckpointIncomplete,
+    CheckpointMissing,
+    EvaluationFault,
+    TaskError,
+    first_line,
+)
+from evaluator.evaluation import NO_EMA, Metrics
+from evaluator.models import DEFAULT_BATCH_SIZE, Outcome
+from evaluator.models.device import Placement, select_device
+from evaluator.restore import _ENVIRONMENT, _SHORT_READ, OBJECT_GRAPH_KEY
+from evaluator.validate import Progress, _check_arrays
+
+#: The attribute under which a trackable variable's value is saved.
+VALUE = "VARIABLE_VALUE"
+#: Variables the step is read from, in this order (then the optimizer's iterations, then the name).
+STEP_NAMES = ("global_step", "step")
+ITERATION_NAMES = ("iterations", "_iterations", "iter")
+_NAMES_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one layout of checkpoint (its object graph) restores into the model."""
+
+    #: Checkpoint key to read for each model variable, in the order of `KerasModel.variables`.
+    keys: list[str]
+    ema_source: str
+    step_key: str | None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class _Graph:
+    """A checkpoint's object graph: nodes, their paths from the root, and variable attributes."""
+
+    proto: TrackableObjectGraph
+    paths: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: bytes) -> _Graph:
+        proto = TrackableObjectGraph()
+        proto.ParseFromString(data)
+        graph = cls(proto)
+        queue = deque([(0, "")])
+        while queue:
+            node_id, path = queue.popleft()
+            if node_id in graph.paths:
+                continue
+            graph.paths[node_id] = path
+            for ref in proto.nodes[node_id].children:
+                queue.append((ref.node_id, f"{path}/{ref.local_name}" if path else ref.local_name))
+        return graph
+
+    def value(self, node_id: int) -> tuple[str, str] | None:
+        """(checkpoint key, full name) of a variable node, or None if the node holds no value."""
+        for attribute in self.proto.nodes[node_id].attributes:
+            if attribute.name == VALUE:
+                return attribute.checkpoint_key, attribute.full_name
+        return None
+
+    def child(self, node_id: int, name: str) -> int | None:
+        for ref in self.proto.nodes[node_id].children:
+            if ref.local_name == name:
+                return ref.node_id
+        return None
+
+    def items(self, node_id: int) -> list[int]:
+        """The elements of a list node (children named 0, 1, ...), in order."""
+        numbered = [(int(ref.local_name), ref.node_id) for ref in self.proto.nodes[node_id].children
+                    if ref.local_name.isdigit()]
+        return [node for _, node in sorted(numbered)]
+
+    def find(self, name: str) -> list[int]:
+        """Every node that has a child called `name`."""
+        return [node_id for node_id, node in enumerate(self.proto.nodes)
+                if any(ref.local_name == name for ref in node.children)]
+
+    def variable_paths(self) -> list[str]:
+        return sorted(self.paths[n] for n in self.paths if self.value(n) is not None)
+
+
+class _Batches:
+    """The validation set, as batches ready for the forward pass (placed once on the device)."""
+
+    def __init__(self, data: Any, batch_size: int) -> None:
+        if isinstance(data, tf.data.Dataset):
+            self.dataset: tf.data.Dataset | None = data
+            self.fixed: list[tuple[tf.Tensor, tf.Tensor]] = []
+            spec = data.element_spec
+            if not isinstance(spec, (tuple, list)) or len(spec) != 2:
+                raise TaskError("validation_data(): the Dataset must yield (features, labels) batches")
+            self.feature_spec = tf.TensorSpec([None, *spec[0].shape[1:]], spec[0].dtype)
+            self.size: int | None = None
+        elif isinstance(data, (tuple, list)) and len(data) == 2:
+            features, labels = _check_arrays(data[0], data[1])
+            self.dataset = None
+            self.fixed = [(tf.constant(features[i:i + batch_size]), tf.constant(labels[i:i + batch_size]))
+                          for i in range(0, len(labels), batch_size)]
+            self.feature_spec = tf.TensorSpec([None, *features.shape[1:]], tf.as_dtype(features.dtype))
+            self.size = len(labels)
+        else:
+            raise TaskError("validation_data() must return (features, labels) numpy arrays or a tf.data.Dataset, "
+                            f"not {type(data).__name__}")
+
+    def __iter__(self) -> Any:
+        if self.dataset is None:
+            yield from self.fixed
+            return
+        for features, labels in self.dataset:
+            if labels.shape.rank == 2:  # one-hot
+                labels = tf.argmax(labels, axis=1)
+            yield features, tf.cast(labels, tf.int64)
+
+    def first(self) -> tf.Tensor:
+        for features, _ in self:
+            return features
+        raise TaskError("validation_data() produced no batches")
+
+
+class KerasModel:
+    """A TF2 model, restored by object matching and evaluated by a forward pass traced once."""
+
+    kind = "keras"
+    reads_weight_files = True
+
+    def __init__(self, task: Any, model: Any, batches: _Batches, placement: Placement, *, ema: bool,
+                 ema_name: str) -> None:
+        self.model = model
+        self.batches = batches
+        self.placement = placement
+        self.ema = ema
+        self.ema_name = ema_name
+        self.root = str(getattr(task, "checkpoint_root", "model") or "model")
+        self.from_logits = bool(getattr(task, "from_logits", True))
+        self.variables: list[Any] = list(model.variables)
+        if not self.variables:
+            raise TaskError("model() has no variables: there is nothing to restore")
+        self._plans: dict[bytes, _Plan] = {}
+        #: How many times the forward pass was traced: once per run (tests count it).
+        self.traces = 0
+        self._training_kwarg = _accepts_training(model)
+        self._sums = tf.function(self._batch_sums, reduce_retracing=True,
+                                 input_signature=[batches.feature_spec, tf.TensorSpec([None], tf.int64)])
+
+    @classmethod
+    def build(cls, task: Any, *, device: str = "auto", ema: bool = True, ema_name: str = EMA_NAME,
+              batch_size: int = DEFAULT_BATCH_SIZE) -> KerasModel:
+        """Build the model once, on the device, and call it once so every variable exists."""
+        placement = select_device(device)
+        with tf.device(placement.tf_device):
+            model = _task_call(task.model, "model()")
+            batches = _Batches(_task_call(task.validation_data, "validation_data()"), batch_size)
+            try:
+                _forward(model, batches.first(), _accepts_training(model))
+            except TaskError:
+                raise
+            except Exception as err:
+                raise TaskError(f"calling the model on the validation features failed: {type(err).__name__}: "
+                                f"{first_line(err)}") from err
+            return cls(task, model, batches, placement, ema=ema, ema_name=ema_name)
+
+    # -- the interface the service calls --------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        return self.placement.name
+
+    @property
+    def examples(self) -> int | None:
+        return self.batches.size
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "device": self.device, "variables": len(self.variables),
+                "parameters": int(sum(np.prod(v.shape) for v in self.variables)), "examples": self.examples}
+
+    def close(self) -> None:
+        pass
+
+    def evaluate(self, checkpoint: Checkpoint, progress: Progress | None = None) -> Outcome:
+        """Restore `checkpoint` and run the validation set; raises CheckpointError and its kin."""
+        start = time.perf_counter()
+        with tf.device(self.placement.tf_device):
+            if checkpoint.is_weight_file:
+                step, source, warnings = self._load_file(checkpoint)
+            else:
+                step, source, warnings = self._restore(checkpoint)
+            restored = time.perf_counter() - start
+            metrics = self._validate(progress)
+        return Outcome(step=step, ema_source=source, restore_seconds=restored, metrics=metrics,
+                       warnings=warnings)
+
+    # -- restoring --------------------------------------------------------------------------------
+
+    def _restore(self, checkpoint: Checkpoint) -> tuple[int | None, str, tuple[str, ...]]:
+        try:
+            reader = tf.train.load_checkpoint(checkpoint.path)
+            shapes = reader.get_variable_to_shape_map()
+            dtypes = reader.get_variable_to_dtype_map()
+            if OBJECT_GRAPH_KEY not in shapes:
+                raise CheckpointError(
+                    f"{checkpoint.name} is a name-based checkpoint (tf.compat.v1 Saver), without an object "
+                    "graph: evaluate it with a graph task (inference(features) -> logits)")
+            data = reader.get_tensor(OBJECT_GRAPH_KEY)
+            plan = self._plans.get(data)
+            if plan is None:
+                plan = self._plan(_Graph.parse(data))
+                self._plans = {data: plan}  # one layout per run, normally; never grows
+            self._check_shapes(plan, shapes, dtypes)
+            values = tf.raw_ops.RestoreV2(prefix=checkpoint.path, tensor_names=plan.keys,
+                                          shape_and_slices=[""] * len(plan.keys),
+                                          dtypes=[dtypes[key] for key in plan.keys])
+            for variable, value in zip(self.variables, values):
+                variable.assign(value)
+            step = _scalar(reader, plan.step_key)
+        except (*_SHORT_READ, *_ENVIRONMENT, tf.errors.OpError, ValueError) as err:
+            if not checkpoints.exists(checkpoint.path):
+                raise CheckpointMissing(
+                    f"{checkpoint.name} was deleted before it could be read (training's max_to_keep?)") from err
+            message = f"cannot restore {checkpoint.name}: {type(err).__name__}: {first_line(err)}"
+            if isinstance(err, _SHORT_READ):
+                raise CheckpointIncomplete(message) from err
+            if isinstance(err, _ENVIRONMENT):
+                raise EvaluationFault(message) from err
+            raise CheckpointError(message) from err
+        return (step if step is not None else checkpoint.name_step), plan.ema_source, plan.warnings
+
+    def _plan(self, graph: _Graph) -> _Plan:
+        """Match the model to the checkpoint's objects; find each variable's average and the step."""
+        start = graph.child(0, self.root)
+        nodes = _match(self.model, graph, start if start is not None else 0)
+        raw: list[tuple[str, str] | None] = [None] * len(self.variables)
+        node_of: list[int | None] = [None] * len(self.variables)
+        for index, variable in enumerate(self.variables):
+            node_id = nodes.get(id(variable))
+            if node_id is None and hasattr(variable, "value"):
+                node_id = nodes.get(id(_safe(lambda v=variable: v.value)))
+            node_of[index] = node_id
+            raw[index] = graph.value(node_id) if node_id is not None else None
+        lacking = [_path(v) for v, found in zip(self.variables, raw) if found is None]
+        if lacking:
+            raise CheckpointError(self._lacking_message(lacking, graph, start))
+        keys = [key for key, _ in raw]  # type: ignore[misc]
+        source, warnings = NO_EMA, ()
+        if self.ema:
+            trainable = {id(v) for v in getattr(self.model, "trainable_variables", self.variables)}
+            averages, source, warnings = _averages(graph, [n for n in node_of],  # type: ignore[misc]
+                                                   [name for _, name in raw],  # type: ignore[misc]
+                                                   [id(v) in trainable for v in self.variables], self.ema_name)
+            keys = [averages.get(i, key) for i, key in enumerate(keys)]
+        return _Plan(keys=keys, ema_source=source, step_key=_step_key(graph), warnings=warnings)
+
+    def _lacking_message(self, lacking: list[str], graph: _Graph, start: int | None) -> str:
+        have = graph.variable_paths()
+        near = []
+        for name in lacking[:_NAMES_SHOWN]:
+            near += [m for m in difflib.get_close_matches(name, have, n=1, cutoff=0.3) if m not in near]
+        where = "" if start is not None else (
+            f" (the checkpoint's root has no `{self.root}`: its children are "
+            f"{', '.join(ref.local_name for ref in graph.proto.nodes[0].children) or 'none'}; set the task's "
+            "checkpoint_root)")
+        return (f"checkpoint lacks {len(lacking)} of the model's {len(self.variables)} variables: "
+                f"{_names(lacking)}{where}; nearest in the checkpoint: {_names(near or have)}")
+
+    def _check_shapes(self, plan: _Plan, shapes: dict[str, list[int]], dtypes: dict[str, tf.DType]) -> None:
+        problems = []
+        for variable, key in zip(self.variables, plan.keys):
+            want_shape, want_dtype = list(variable.shape), tf.as_dtype(variable.dtype)
+            if list(shapes[key]) != want_shape:
+                problems.append(f"{_path(variable)} is {want_shape} in the model, {list(shapes[key])} in the checkpoint")
+            elif dtypes[key] != want_dtype:
+                problems.append(f"{_path(variable)} is {want_dtype.name} in the model, {dtypes[key].name} in the checkpoint")
+        if problems:
+            raise CheckpointError(f"checkpoint does not fit the model: {'; '.join(problems[:_NAMES_SHOWN])}")
+
+    def _load_file(self, checkpoint: Checkpoint) -> tuple[int | None, str, tuple[str, ...]]:
+        """A Keras weight file (`.weights.h5`, `.keras`): the weights as saved, step from the name."""
+        try:
+            self.model.load_weights(checkpoint.path)
+        except FileNotFoundError as err:
+            raise CheckpointMissing(f"{checkpoint.name} was deleted before it could be read") from err
+        except (OSError, EOFError, zipfile.BadZipFile, KeyError) as err:  # a file still being written reads like this
+            if not checkpoints.exists(checkpoint.path):
+                raise CheckpointMissing(f"{checkpoint.name} was deleted before it could be read") from err
+            raise CheckpointIncomplete(f"cannot load {checkpoint.name}: {type(err).__name__}: {first_line(err)}") from err
+        except ValueError as err:
+            raise CheckpointError(f"cannot load {checkpoint.name}: {first_line(err)}") from err
+        return checkpoint.name_step, NO_EMA, ()
+
+    # -- validating -------------------------------------------------------------------------------
+
+    def _batch_sums(self, features: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        self.traces += 1  # runs when traced only
+        outputs = _forward(self.model, features, self._training_kwarg)
+        predictions = tf.argmax(outputs, axis=1, output_type=tf.int64)
+        correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.int64))
+        if self.from_logits:
+            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs)
+        else:
+            picked = tf.gather(outputs, labels, axis=1, batch_dims=1)
+            losses = -tf.math.log(tf.clip_by_value(picked, 1e-7, 1.0))
+        return correct, tf.reduce_sum(tf.cast(losses, tf.float64)), tf.size(labels, out_type=tf.int64)
+
+    def _validate(self, progress: Progress | None) -> Metrics:
+        start = time.perf_counter()
+        correct, loss_sum, count = 0, 0.0, 0
+        try:
+            for features, labels in self.batches:
+                batch_correct, batch_loss, batch_count = self._sums(features, labels)
+                correct += int(batch_correct)
+                loss_sum += float(batch_loss)
+                count += int(batch_count)
+                if progress is not None:
+                    progress(count)
+        except (Abandoned, TaskError):
+            raise
+        except Exception as err:
+            raise EvaluationFault(f"validation failed: {type(err).__name__}: {first_line(err)}") from err
+        if count == 0:
+            raise EvaluationFault("the validation data produced no examples: check validation_data()")
+        loss = loss_sum / count
+        if not np.isfinite(loss):
+            raise CheckpointError(f"the loss is not finite ({loss}): the weights (or the validation data) hold NaN "
+                                  "or infinity; diverged training?")
+        return Metrics(accuracy=correct / count, loss=loss, examples=count, seconds=time.perf_counter() - start)
+
+
+# -- object matching ------------------------------------------------------------------------------
+
+def _match(model: Any, graph: _Graph, start: int) -> dict[int, int]:
+    """id(Python object) -> checkpoint node, walking both graphs from (model, start) by child names."""
+    found: dict[int, int] = {}
+    seen = {start}
+    queue = deque([(model, start)])
+    while queue:
+        obj, node_id = queue.popleft()
+        found.setdefault(id(obj), node_id)
+        try:
+            children = tf.train.TrackableView.children(obj)
+        except Exception:  # noqa: BLE001 - not a trackable: a leaf
+            continue
+        for ref in graph.proto.nodes[node_id].children:
+            child = children.get(ref.local_name)
+            if child is None or ref.node_id in seen:
+                continue
+            seen.add(ref.node_id)
+            queue.append((child, ref.node_id))
+            inner = _safe(lambda c=child: c.value) if not isinstance(child, tf.Variable) else None
+            if isinstance(inner, tf.Variable):  # a Keras 3 variable wraps a tf.Variable
+                found.setdefault(id(inner), ref.node_id)
+    return found
+
+
+def _averages(graph: _Graph, nodes: list[int], names: list[str], trainable: list[bool],
+              ema_name: str) -> tuple[dict[int, str], str, tuple[str, ...]]:
+    """Variable index -> checkpoint key of its average, the layout they came from, and warnings."""
+    layouts: list[tuple[str, dict[int, str]]] = []
+    # Keras 3 / tf_keras use_ema: pair the optimizer's list of averages with its list of variables.
+    for owner in graph.find("_model_variables_moving_average"):
+        average_list = graph.child(owner, "_model_variables_moving_average")
+        averages = graph.items(average_list) if average_list is not None else []
+        variables_list = graph.child(owner, "_trainable_variables")
+        by_node: dict[int, str] = {}
+        if variables_list is not None:
+            for variable_node, average_node in zip(graph.items(variables_list), averages):
+                value = graph.value(average_node)
+                if value is not None:
+                    by_node[variable_node] = value[0]
+            layouts.append(("keras", {i: by_node[n] for i, n in enumerate(nodes) if n in by_node}))
+        else:  # tf_keras: averages are named <Optimizer>/average/<variable's full name>
+            by_name = {}
+            for average_node in averages:
+                value = graph.value(average_node)
+                if value is not None and "/average/" in value[1]:
+                    by_name[value[1].split("/average/", 1)[1]] = value[0]
+            layouts.append(("tf-keras", {i: by_name[n] for i, n in enumerate(names) if n in by_name}))
+    # tf.train.ExponentialMovingAverage: <full name>/ExponentialMovingAverage
+    suffix = f"/{ema_name}"
+    by_full_name = {}
+    for node_id in graph.paths:
+        value = graph.value(node_id)
+        if value is not None and value[1].endswith(suffix):
+            by_full_name[value[1][: -len(suffix)]] = value[0]
+    if by_full_name:
+        layouts.append(("tf-ema", {i: by_full_name[n] for i, n in enumerate(names) if n in by_full_name}))
+    if not layouts:
+        return {}, NO_EMA, ()
+    source, chosen = max(layouts, key=lambda layout: len(layout[1]))
+    wanted = [i for i, is_trainable in enumerate(trainable) if is_trainable]
+    without = [i for i in wanted if i not in chosen]
+    if not chosen:
+        return {}, NO_EMA, (f"the checkpoint holds averages ({source} layout) that match none of the model's "
+                            "variables; restored the raw weights",)
+    warnings = ()
+    if without:
+        warnings = (f"{len(without)} of the model's {len(wanted)} trainable variables have no average in the "
+                    f"checkpoint ({source} layout); restored their raw values",)
+    return chosen, source, warnings
+
+
+def _step_key(graph: _Graph) -> str | None:
+    """Where the step is: a root `global_step` or `step` variable, else an optimizer's iterations."""
+    for name in STEP_NAMES:
+        node = graph.child(0, name)
+        if node is not None and graph.value(node) is not None:
+            return graph.value(node)[0]  # type: ignore[index]
+    for name in ITERATION_NAMES:
+        for owner in graph.find(name):
+            value = graph.value(graph.child(owner, name))  # type: ignore[arg-type]
+            if value is not None and "optimizer" in graph.paths.get(owner, "").lower():
+                return value[0]
+    return None
+
+
+def _scalar(reader: Any, key: str | None) -> int | None:
+    if key is None:
+        return None
+    value = np.asarray(reader.get_tensor(key))
+    if value.shape != () or not np.issubdtype(value.dtype, np.integer):
+        return None
+    return int(value)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+def _forward(model: Any, features: tf.Tensor, training_kwarg: bool) -> tf.Tensor:
+    outputs = model(features, training=False) if training_kwarg else model(features)
+    if isinstance(outputs, (list, tuple)) or not hasattr(outputs, "shape"):
+        raise TaskError(f"the model must return one tensor of logits [batch, classes], not {type(outputs).__name__}")
+    if outputs.shape.rank is not None and outputs.shape.rank != 2:
+        raise TaskError(f"the model must return logits of shape [batch, classes], not {outputs.shape}")
+    return outputs
+
+
+def _accepts_training(model: Any) -> bool:
+    try:
+        parameters = inspect.signature(model.__call__).parameters
+    except (TypeError, ValueError):
+        return False
+    return "training" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def _task_call(method: Any, what: str) -> Any:
+    try:
+        return method()
+    except Exception as err:
+        raise TaskError(f"{what} failed: {type(err).__name__}: {first_line(err)}") from err
+
+
+def _path(variable: Any) -> str:
+    """A variable's name as Keras shows it (`sequential/dense_1/kernel`)."""
+    path = getattr(variable, "path", None)
+    return str(path) if path else str(variable.name).removesuffix(":0")
+
+
+def _safe(get: Any) -> Any:
+    try:
+        return get()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_NAMES_SHOWN])
+    more = len(names) - _NAMES_SHOWN
+    return shown + (f" (and {more} more)" if more > 0 else "")
+
