@@ -96,6 +96,7 @@ class Service:
         self._last_rescan = -math.inf
         self._consecutive_faults = 0
         self._failed_this_run = 0
+        self._said_waiting = False
 
     # -- the whole run ----------------------------------------------------------------------
 
@@ -224,9 +225,23 @@ class Service:
                     self.evaluate_pending()
                 finally:
                     self._busy.clear()
+                self._say_what_it_waits_for()
                 if self.options.once and self.backlog.next_due_in() is None:
                     return
             self._idle(present)
+
+    def _say_what_it_waits_for(self) -> None:
+        """Once, after the first pass over a directory holding no checkpoint at all: say what would be one."""
+        if self._said_waiting or len(self.backlog) or self.backlog.recorded_count() or self._state_problem:
+            return
+        if os.path.exists(os.path.join(self.model_dir, checkpoints.STATE_FILE)):
+            return
+        self._said_waiting = True
+        assert self.model is not None
+        what = "a `checkpoint` state file (tf.train.Checkpoint, CheckpointManager, tf.compat.v1 Saver)"
+        if self.model.reads_weight_files:
+            what += " or Keras weight files (*.weights.h5, *.keras)"
+        self.log.info("no checkpoints yet", waiting_for=what)
 
     def evaluate_pending(self) -> int:
         """Evaluate every pending checkpoint that is due, oldest step first; returns how many rows."""

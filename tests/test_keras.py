@@ -1,0 +1,214 @@
+"""models/keras.py: TF2 checkpoints of every layout, restored by object matching, with each layout's
+averages; every figure checked against an independent numpy forward pass over the tensors read
+from the checkpoint by their full names (or from the weight file with h5py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from evaluator import checkpoints
+from evaluator.errors import CheckpointError
+from evaluator.models.keras import KerasModel
+from tests import keras_layouts
+from tests.conftest import ROOT
+
+sys.path[:0] = [str(ROOT / "examples" / "keras"), str(ROOT / "examples" / "digits")]
+
+import digits_data  # noqa: E402
+import keras_model  # noqa: E402
+import train as keras_train  # noqa: E402
+
+X, Y = digits_data.validation()
+
+
+class Task:
+    """A TF2 task around a model factory."""
+
+    def __init__(self, factory: Any, root: str = "model") -> None:
+        self.factory = factory
+        self.checkpoint_root = root
+
+    def model(self) -> Any:
+        return self.factory()
+
+    def validation_data(self) -> tuple[np.ndarray, np.ndarray]:
+        return X, Y
+
+
+def numpy_figures(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of relu(x W1 + b1) W2 + b2, in float64 numpy."""
+    logits = np.maximum(X.astype(np.float64) @ w1 + b1, 0) @ w2 + b2
+    top = logits.max(axis=1, keepdims=True)
+    log_softmax = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+    return float((logits.argmax(axis=1) == Y).mean()), float(-log_softmax[np.arange(len(Y)), Y].mean())
+
+
+def by_full_name(path: str) -> dict[str, np.ndarray]:
+    """Every variable of a checkpoint by the full name its object graph records (independent of
+    the evaluator's matching)."""
+    from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
+
+    reader = tf.train.load_checkpoint(path)
+    graph = TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    return {a.full_name: reader.get_tensor(a.checkpoint_key) for node in graph.nodes for a in node.attributes
+            if a.name == "VARIABLE_VALUE"}
+
+
+def keras3_tensors(path: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The model's weights as the Keras 3 optimizer lists them (`optimizer/_trainable_variables/i`),
+    and their averages (`adam/..._average`, in the order the optimizer created them)."""
+    from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
+
+    reader = tf.train.load_checkpoint(path)
+    graph = TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+
+    def child(node: int, name: str) -> int:
+        return next(ref.node_id for ref in graph.nodes[node].children if ref.local_name == name)
+
+    listed = child(child(0, "optimizer"), "_trainable_variables")
+    raw = [reader.get_tensor(graph.nodes[ref.node_id].attributes[0].checkpoint_key)
+           for ref in sorted(graph.nodes[listed].children, key=lambda r: int(r.local_name))]
+    averages = sorted((a.checkpoint_key for node in graph.nodes for a in node.attributes
+                       if a.full_name.endswith("_average")), key=lambda key: int(key.split("/")[2]))
+    return raw, [reader.get_tensor(key) for key in averages]
+
+
+def figures(model: KerasModel, path: str) -> tuple[float, float, Any]:
+    outcome = model.evaluate(checkpoints.at(str(Path(path).parent), path))  # type: ignore[arg-type]
+    return outcome.metrics.accuracy, outcome.metrics.loss, outcome
+
+
+def assert_close(ours: tuple[float, float], theirs: tuple[float, float]) -> None:
+    assert ours[0] == pytest.approx(theirs[0], abs=1e-6) and ours[1] == pytest.approx(theirs[1], rel=1e-5)
+
+
+# -- Keras 3 custom loop: Sequential, functional, subclassed; use_ema ---------------------------------
+
+@pytest.fixture(scope="module", params=["sequential", "functional", "subclassed"])
+def keras3_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
+    model_dir = tmp_path_factory.mktemp(f"keras3-{request.param}")
+    import keras
+
+    keras_model.build("sequential")  # shift Keras' name counters: names differ from the evaluator's
+    saved = keras_train.train_loop(str(model_dir), steps=60, save_every=20, kind=request.param)
+    keras.backend.clear_session()
+    return request.param, saved
+
+
+def test_keras3_use_ema_every_layout(keras3_run: tuple[str, list[str]]) -> None:
+    """Averages from `optimizer(use_ema=True)`; --no-ema gives the raw weights; numpy agrees on both."""
+    kind, saved = keras3_run
+    with_ema = KerasModel.build(Task(lambda: keras_model.build(kind)), device="cpu")
+    raw = KerasModel.build(Task(lambda: keras_model.build(kind)), device="cpu", ema=False)
+    for step, path in zip((20, 40, 60), saved):
+        raw_weights, averages = keras3_tensors(path)
+        ours_ema = figures(with_ema, path)
+        ours_raw = figures(raw, path)
+        assert ours_ema[2].ema_source == "keras" and ours_ema[2].step == step
+        assert ours_raw[2].ema_source == "none"
+        assert_close(ours_ema[:2], numpy_figures(*averages))
+        assert_close(ours_raw[:2], numpy_figures(*raw_weights))
+        assert ours_ema[1] != pytest.approx(ours_raw[1], rel=1e-6)  # the averages are not the raw weights
+    assert with_ema.traces == 1 and raw.traces == 1  # one trace for every checkpoint
+
+
+def test_tf_keras_fit_with_use_ema(tmp_path: Path) -> None:
+    """tf_keras ModelCheckpoint(save_weights_only=True): root is the model, averages `Adam/average/...`."""
+    saved = keras_layouts.train_tf_keras(tmp_path)
+    model = KerasModel.build(Task(keras_layouts.tf_keras_model), device="cpu")
+    raw = KerasModel.build(Task(keras_layouts.tf_keras_model), device="cpu", ema=False)
+    for path in saved:
+        tensors = by_full_name(path)
+        ours = figures(model, path)
+        assert ours[2].ema_source == "tf-keras" and ours[2].step is not None and ours[2].step > 0
+        assert_close(ours[:2], numpy_figures(*(tensors[f"Adam/average/{n}"] for n in
+                                              ("dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias"))))
+        assert_close(figures(raw, path)[:2], numpy_figures(*(tensors[n] for n in
+                                                             ("dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias"))))
+
+
+def test_tf_train_exponential_moving_average(tmp_path: Path) -> None:
+    """An eager tf.train.ExponentialMovingAverage tracked in the checkpoint; the step from a `step` variable."""
+    saved = keras_layouts.train_tf_ema(tmp_path)
+    model = KerasModel.build(Task(lambda: keras_model.build("functional")), device="cpu")
+    for step, path in zip((20, 40, 60), saved):
+        tensors = by_full_name(path)
+        ours = figures(model, path)
+        assert (ours[2].ema_source, ours[2].step) == ("tf-ema", step)
+        names = [n for n in tensors if n.endswith("/ExponentialMovingAverage")]
+        ordered = sorted(names, key=lambda n: (n.split("/")[0], n.split("/")[1] == "bias"))
+        assert_close(ours[:2], numpy_figures(*(tensors[n] for n in ordered)))
+
+
+def test_a_plain_tf_module(tmp_path: Path) -> None:
+    saved = keras_layouts.train_module(tmp_path)
+    model = KerasModel.build(Task(keras_layouts.ModuleNet), device="cpu")
+    for step, path in zip((20, 40, 60), saved):
+        reader = tf.train.load_checkpoint(path)
+        get = lambda key: reader.get_tensor(f"model/{key}/.ATTRIBUTES/VARIABLE_VALUE")  # noqa: E731
+        ours = figures(model, path)
+        assert (ours[2].ema_source, ours[2].step) == ("none", step)  # step: the global_step variable
+        assert_close(ours[:2], numpy_figures(get("hidden/w"), get("hidden/b"), get("out/w"), get("out/b")))
+
+
+@pytest.mark.parametrize("file_format", ["weights.h5", "keras"])
+def test_weight_files_from_fit(tmp_path: Path, file_format: str) -> None:
+    """model.fit + ModelCheckpoint: each file loaded into the model, the epoch from the name."""
+    saved = keras_train.train_fit(str(tmp_path), epochs=2, file_format=file_format)
+    model = KerasModel.build(Task(lambda: keras_model.build("sequential")), device="cpu")
+    for epoch, path in enumerate(saved, start=1):
+        if file_format == "keras":
+            with zipfile.ZipFile(path) as archive:
+                weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")))
+        else:
+            weights = h5py.File(path)
+        w1, b1 = (weights[f"layers/dense/vars/{i}"][()] for i in (0, 1))
+        w2, b2 = (weights[f"layers/dense_1/vars/{i}"][()] for i in (0, 1))
+        ours = figures(model, path)
+        assert (ours[2].step, ours[2].ema_source) == (epoch, "none")
+        assert_close(ours[:2], numpy_figures(w1, b1, w2, b2))
+
+
+def test_another_architecture_fails_naming_the_variables(keras3_run: tuple[str, list[str]]) -> None:
+    kind, saved = keras3_run
+    if kind != "sequential":
+        pytest.skip("once is enough")
+    wider = KerasModel.build(Task(lambda: keras_model.build("sequential", hidden_units=16)), device="cpu")
+    with pytest.raises(CheckpointError, match=r"does not fit the model: sequential\S*/dense\S*/kernel is \[64, 16\]"):
+        figures(wider, saved[-1])
+    import keras
+
+    deeper = KerasModel.build(Task(lambda: keras.Sequential([
+        keras.Input((64,)), keras.layers.Dense(32), keras.layers.Dense(32), keras.layers.Dense(10)])), device="cpu")
+    with pytest.raises(CheckpointError, match=r"checkpoint lacks 2 of the model's 6 variables: .*dense\S*/kernel"):
+        figures(deeper, saved[-1])
+
+
+def test_a_name_based_checkpoint_says_to_use_a_graph_task(trained_dir: Path) -> None:
+    model = KerasModel.build(Task(lambda: keras_model.build("sequential")), device="cpu")
+    with pytest.raises(CheckpointError, match="name-based checkpoint .* graph task"):
+        figures(model, str(trained_dir / "model.ckpt-60"))
+
+
+def test_the_log_says_what_a_tf2_task_waits_for(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    (tmp_path / "empty").mkdir()
+    result = run_cli("watch", str(tmp_path / "empty"), "--task", "examples/keras/task.py:TASK", "--once",
+                     "--db", f"sqlite:///{tmp_path / 'e.db'}", "--log-format", "json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    (waiting,) = [e for e in events if e["event"] == "no checkpoints yet"]
+    assert "*.weights.h5" in waiting["waiting_for"] and "checkpoint" in waiting["waiting_for"]
