@@ -29,12 +29,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "examples" / "digits"
 DIGITS_TASK = f"{DIGITS / 'task.py'}:TASK"
 WORKLOAD_TASK = f"{ROOT / 'bench' / 'workload.py'}:TASK"
+KERAS_WORKLOAD_TASK = f"{ROOT / 'bench' / 'keras_workload.py'}:TASK"
 OUT = ROOT / "bench" / "out"
-STAGES = ("latency", "idle", "cost", "memory", "report", "throughput", "poll")
+STAGES = ("latency", "idle", "cost", "memory", "report", "throughput", "poll", "keras")
 
 TARGETS = {
     "latency_median_ms": 100.0,
@@ -417,6 +420,57 @@ def measure_throughput(work: Path, sizes: Sizes) -> dict[str, Any]:
     }}
 
 
+def measure_keras(work: Path, sizes: Sizes) -> dict[str, Any]:
+    """8. the TF2 path: restore (EMA) + evaluate one Keras checkpoint of the realistic model against a
+    hand-written eager loop in the same process; RSS of `watch` over many Keras checkpoints."""
+    from bench import keras_workload
+    from evaluator import checkpoints
+    from evaluator.models.keras import KerasModel
+
+    model_dir = work / "keras-cost"
+    keras_workload.write_checkpoints(str(model_dir), sizes.cost_checkpoints)
+    listed = checkpoints.read_state(str(model_dir)).checkpoints
+    ours_model = KerasModel.build(keras_workload.TASK, device="auto", batch_size=keras_workload.TASK.batch_size)
+    hand = keras_workload.HandWrittenEager(keras_workload.TASK.batch_size)
+    for ckpt in listed:  # warm both up
+        ours_model.evaluate(ckpt)
+        hand(ckpt.path)
+    ours: list[float] = []
+    theirs: list[float] = []
+    for _ in range(sizes.cost_rounds):
+        for ckpt in listed:
+            start = time.perf_counter()
+            ours_model.evaluate(ckpt)
+            ours.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            hand(ckpt.path)
+            theirs.append(time.perf_counter() - start)
+
+    staged = work / "keras-memory-staged"
+    keras_workload.write_checkpoints(str(staged), 1)
+    memory_dir = work / "keras-memory"
+    memory_dir.mkdir()
+    total = sizes.memory_marks[-1]
+    names = [f"ckpt-{i}" for i in range(1, total + 1)]
+    for name in names:
+        link_checkpoint(staged, "ckpt-1", memory_dir, name)
+    env = {"BENCH_WIDTH": sizes.width, "BENCH_EXAMPLES": str(sizes.memory_examples)}
+    watch = Watch(memory_dir, work / "keras-memory.db", KERAS_WORKLOAD_TASK, env=env).wait_ready()
+    samples = {}
+    for mark in sizes.memory_marks:
+        write_state(memory_dir, names[:mark])
+        watch.wait_rows(mark, timeout=1200)
+        samples[mark] = watch.rss_mb()
+    watch.stop()
+    first, last = sizes.memory_marks[0], sizes.memory_marks[-1]
+    return {"keras": {
+        "parameters": int(sum(np.prod(v.shape) for v in ours_model.variables)), "examples": ours_model.examples,
+        "device": ours_model.device, "evaluator_s": statistics.median(ours), "handwritten_s": statistics.median(theirs),
+        "ratio": statistics.median(ours) / statistics.median(theirs), "traces": ours_model.traces,
+        "rss_mb": samples, "growth_mb": samples[last] - samples[first], "from": first, "to": last,
+    }}
+
+
 def measure_poll(work: Path, sizes: Sizes) -> dict[str, Any]:
     """7. what --poll misses: a trainer saving every step with max_to_keep=2 deletes most checkpoints
     within one poll interval; with inotify events each one still gets its row."""
@@ -517,6 +571,17 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         rows.append(("6. throughput, digits trainer saving every step",
                      f"{thr['evaluated_per_minute']:.0f} checkpoints/min ({thr['ok']}/{thr['checkpoints']} ok)",
                      f"trainer saved {thr['trainer_per_minute']:.0f}/min", "", ""))
+    if "keras" in results:
+        ker = results["keras"]
+        rows.append((f"8. TF2: restore (Keras use_ema) + evaluate one checkpoint ({ker['parameters'] / 1e6:.1f} M params, "
+                     f"{ker['examples']} examples, {ker['device']})",
+                     f"{ker['evaluator_s'] * 1000:.0f} ms (ratio {ker['ratio']:.3f}); forward pass traced {ker['traces']}x",
+                     f"hand-written eager loop (ckpt.read + tf.function): {ker['handwritten_s'] * 1000:.0f} ms",
+                     f"<= {TARGETS['cost_ratio']}x", met(ker["ratio"] <= TARGETS["cost_ratio"])))
+        rss = ker["rss_mb"]
+        rows.append((f"8. TF2: RSS after {ker['from']} and {ker['to']} Keras checkpoints",
+                     f"{rss[ker['from']]:.0f} MB -> {rss[ker['to']]:.0f} MB (growth {ker['growth_mb']:+.1f} MB)", "",
+                     f"growth < {TARGETS['memory_growth_mb']:.0f} MB", met(ker["growth_mb"] < TARGETS["memory_growth_mb"])))
     if "poll" in results:
         poll = results["poll"]
         cells = [f"{mode}: {r['rows']} rows of {r['saved']} saves ({r['ok']} ok, {r['missing']} missing)"
@@ -564,7 +629,8 @@ def main(argv: list[str] | None = None) -> None:
         if "latency" in stages or "idle" in stages:
             results.update(_timed("latency + idle", measure_latency_and_idle, work, sizes))
         for stage, measure in (("cost", measure_cost), ("memory", measure_memory), ("report", measure_report),
-                               ("throughput", measure_throughput), ("poll", measure_poll)):
+                               ("throughput", measure_throughput), ("poll", measure_poll),
+                               ("keras", measure_keras)):
             if stage in stages:
                 results.update(_timed(stage, measure, work, sizes))
     args.json.parent.mkdir(parents=True, exist_ok=True)
