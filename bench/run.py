@@ -175,6 +175,19 @@ def digits_trainer() -> Any:
     return train
 
 
+def race(ours: Callable[[Any], Any], theirs: Callable[[Any], Any], listed: list[Any],
+         rounds: int) -> tuple[list[float], list[float]]:
+    """Seconds per checkpoint of the evaluator and of a baseline, alternating on the same checkpoints."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for ckpt in listed:
+            for run, spent in zip((ours, theirs), times):
+                start = time.perf_counter()
+                run(ckpt)
+                spent.append(time.perf_counter() - start)
+    return times
+
+
 # -- the measurements ------------------------------------------------------------------------
 
 def measure_latency_and_idle(work: Path, sizes: Sizes) -> dict[str, Any]:
@@ -248,21 +261,12 @@ def measure_cost(work: Path, sizes: Sizes) -> dict[str, Any]:
     listed = checkpoints.read_state(str(model_dir)).checkpoints
     evaluator = EvalModel.build(workload.TASK, device="auto", batch_size=workload.TASK.batch_size)
     hand = HandWritten(workload.TASK, select_device("auto").config, workload.TASK.batch_size)
-    ours: list[float] = []
-    theirs: list[float] = []
     agree = True
     for ckpt in listed:  # warm both up once
         outcome = evaluator.evaluate(ckpt)
         accuracy, _ = hand(ckpt.path)
         agree = agree and abs(outcome.metrics.accuracy - accuracy) < 1e-9
-    for _ in range(sizes.cost_rounds):
-        for ckpt in listed:
-            start = time.perf_counter()
-            evaluator.evaluate(ckpt)
-            ours.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            hand(ckpt.path)
-            theirs.append(time.perf_counter() - start)
+    ours, theirs = race(evaluator.evaluate, lambda ckpt: hand(ckpt.path), listed, sizes.cost_rounds)
 
     store = Store.open(f"sqlite:///{work / 'record.db'}", create=True)
     store.upgrade()
@@ -435,16 +439,7 @@ def measure_keras(work: Path, sizes: Sizes) -> dict[str, Any]:
     for ckpt in listed:  # warm both up
         ours_model.evaluate(ckpt)
         hand(ckpt.path)
-    ours: list[float] = []
-    theirs: list[float] = []
-    for _ in range(sizes.cost_rounds):
-        for ckpt in listed:
-            start = time.perf_counter()
-            ours_model.evaluate(ckpt)
-            ours.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            hand(ckpt.path)
-            theirs.append(time.perf_counter() - start)
+    ours, theirs = race(ours_model.evaluate, lambda ckpt: hand(ckpt.path), listed, sizes.cost_rounds)
 
     staged = work / "keras-memory-staged"
     keras_workload.write_checkpoints(str(staged), 1)

@@ -29,6 +29,22 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def died_here(owner: str) -> bool:
+    """Whether `owner` was a process on this host that no longer exists (killed, crashed): its
+    claims need not wait for their expiry. Owners on other hosts are judged by expiry alone."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 class Heartbeat:
     """Renews `owner`'s claims every lease/3 seconds while `holding` is set, until stopped."""
 

@@ -39,6 +39,8 @@ _SHORT_READ = (tf.errors.OutOfRangeError, tf.errors.DataLossError, DecodeError)
 #: permissions, I/O): the checkpoint stays pending and is retried.
 _ENVIRONMENT = (tf.errors.ResourceExhaustedError, tf.errors.UnavailableError, tf.errors.PermissionDeniedError,
                 tf.errors.InternalError, tf.errors.UnknownError, tf.errors.AbortedError, OSError, MemoryError)
+#: What reading a checkpoint can raise; `read_error` says what each means.
+READ_ERRORS = (*_SHORT_READ, *_ENVIRONMENT, tf.errors.OpError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -112,15 +114,8 @@ class Restorer:
             with self._graph.as_default():  # else Saver.restore takes the eager path
                 self._saver(plan).restore(session, checkpoint.path)
             step = _read_step(reader, catalog)
-        except (*_SHORT_READ, *_ENVIRONMENT, tf.errors.OpError, ValueError) as err:
-            if not checkpoints.exists(checkpoint.path):  # deleted while we were reading it
-                raise _missing(checkpoint) from err
-            message = f"cannot restore {checkpoint.name}: {type(err).__name__}: {first_line(err)}"
-            if isinstance(err, _SHORT_READ):
-                raise CheckpointIncomplete(message) from err
-            if isinstance(err, _ENVIRONMENT):
-                raise EvaluationFault(message) from err
-            raise CheckpointError(message) from err
+        except READ_ERRORS as err:
+            raise read_error(checkpoint, err) from err
         return RestoreInfo(
             step=step if step is not None else checkpoint.name_step,
             ema=plan.ema,
@@ -163,6 +158,19 @@ class Restorer:
             saver = tf.compat.v1.train.Saver(var_list=plan.var_list, sharded=False, allow_empty=False)
             self._savers[plan.key] = saver
         return saver
+
+
+def read_error(checkpoint: checkpoints.Checkpoint, err: BaseException) -> Exception:
+    """What an error reading `checkpoint` means: deleted meanwhile (missing), a short read (maybe
+    still being written), the machine in the way (a fault to retry), or the checkpoint's own fault."""
+    if not checkpoints.exists(checkpoint.path):  # deleted while we were reading it
+        return _missing(checkpoint)
+    message = f"cannot restore {checkpoint.name}: {type(err).__name__}: {first_line(err)}"
+    if isinstance(err, _SHORT_READ):
+        return CheckpointIncomplete(message)
+    if isinstance(err, _ENVIRONMENT):
+        return EvaluationFault(message)
+    return CheckpointError(message)
 
 
 def _missing(checkpoint: checkpoints.Checkpoint) -> CheckpointMissing:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from evaluator import checkpoints, log
 from evaluator.backlog import Backlog, Pending, utcnow
 from evaluator.checkpoints import Checkpoint
-from evaluator.claims import Heartbeat, owner_id
+from evaluator.claims import Heartbeat, died_here, owner_id
 from evaluator.errors import (
     EXIT_INCOMPLETE,
     EXIT_OK,
@@ -440,7 +440,7 @@ class Service:
         if claim is Claim.RECORDED:
             self.backlog.done(pending, fingerprint)
             return None
-        if claim is Claim.HELD:
+        if claim is Claim.HELD and not self._take_over_from_the_dead(key):
             self.log.debug("claimed by another evaluator", checkpoint=ckpt.name)
             self.backlog.defer(pending, min(self.options.lease / 3, 5.0))
             return None
@@ -458,6 +458,21 @@ class Service:
                     return None
                 return replace(self._base(pending, fingerprint, utcnow()), error=str(err))
             return self._fault(pending, fingerprint, err)
+
+    def _take_over_from_the_dead(self, key: CheckpointKey) -> bool:
+        """Take a claim whose holder was a process on this host that is gone (`kill -9`, then a
+        restart): no need to wait for its lease to expire."""
+        assert self.store is not None
+        holder = self._write("read the claim", lambda: self.store.holder(key), checkpoint=key.checkpoint)  # type: ignore[union-attr]
+        if not holder or not died_here(holder):
+            return False
+        taken = self._write("take over the claim",
+                            lambda: self.store.take_over(key, holder, self.owner, self.options.lease),  # type: ignore[union-attr]
+                            checkpoint=key.checkpoint)
+        if taken:
+            self.log.info("took over the claim of an evaluator that died on this host", checkpoint=key.checkpoint,
+                          dead=holder)
+        return bool(taken)
 
     def _evaluate(self, pending: Pending, fingerprint: str) -> Evaluation:
         """Restore and validate one checkpoint: its row (ok, failed, missing). Raises

@@ -301,6 +301,19 @@ class Store:
             )
             return Claim.CLAIMED if session.execute(stmt).rowcount == 1 else Claim.HELD
 
+    def holder(self, key: CheckpointKey) -> str | None:
+        """Who holds the claim on `key`, if anyone."""
+        with self._reading() as session:
+            return session.scalar(select(ClaimRow.owner).where(*_matches(ClaimRow, key)))
+
+    def take_over(self, key: CheckpointKey, dead: str, owner: str, lease: float) -> bool:
+        """Move `dead`'s claim on `key` to `owner` (the holder is known to be gone); False if it moved meanwhile."""
+        now = _now()
+        with self._writing() as session:
+            result = session.execute(update(ClaimRow).where(*_matches(ClaimRow, key), ClaimRow.owner == dead)
+                                     .values(owner=owner, claimed_at=now, expires_at=now + timedelta(seconds=lease)))
+            return bool(result.rowcount)
+
     def renew(self, owner: str, lease: float) -> int:
         """Push back the expiry of every claim `owner` holds (the heartbeat); returns how many."""
         with self._writing() as session:

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
 
 from evaluator import checkpoints
@@ -46,7 +45,7 @@ from evaluator.errors import (
 from evaluator.evaluation import NO_EMA, Metrics
 from evaluator.models import DEFAULT_BATCH_SIZE, Outcome
 from evaluator.models.device import Placement, select_device
-from evaluator.restore import _ENVIRONMENT, _SHORT_READ, OBJECT_GRAPH_KEY
+from evaluator.restore import OBJECT_GRAPH_KEY, READ_ERRORS, read_error
 from evaluator.validate import Progress, _check_arrays
 
 #: The attribute under which a trackable variable's value is saved.
@@ -251,16 +250,8 @@ class KerasModel:
             for variable, value in zip(self.variables, values):
                 variable.assign(value)
             step = _scalar(reader, plan.step_key)
-        except (*_SHORT_READ, *_ENVIRONMENT, tf.errors.OpError, ValueError) as err:
-            if not checkpoints.exists(checkpoint.path):
-                raise CheckpointMissing(
-                    f"{checkpoint.name} was deleted before it could be read (training's max_to_keep?)") from err
-            message = f"cannot restore {checkpoint.name}: {type(err).__name__}: {first_line(err)}"
-            if isinstance(err, _SHORT_READ):
-                raise CheckpointIncomplete(message) from err
-            if isinstance(err, _ENVIRONMENT):
-                raise EvaluationFault(message) from err
-            raise CheckpointError(message) from err
+        except READ_ERRORS as err:
+            raise read_error(checkpoint, err) from err
         return (step if step is not None else checkpoint.name_step), plan.ema_source, plan.warnings
 
     def _plan(self, graph: _Graph) -> _Plan:

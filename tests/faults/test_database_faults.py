@@ -6,12 +6,14 @@ import json
 import shutil
 import signal
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
+from evaluator.service import RELEASE_AFTER
 from evaluator.store import Store
 from tests.conftest import Daemon, read_rows, run_cli, sqlite_url, wait_for
 from tests.faults.conftest import Tmpfs, copy_checkpoint, link_all, write_state
@@ -88,6 +90,7 @@ def start_on(disk: Tmpfs, tmp_path: Path, trained_dir: Path, daemons: list[Daemo
     daemon = Daemon(model_dir, db, log_path=tmp_path / "watch.log").start()
     daemons.append(daemon)
     daemon.wait_ready()
+    time.sleep(RELEASE_AFTER + 1)  # idle: the database is no longer held open (a remount would be "busy")
     return daemon, model_dir, db
 
 

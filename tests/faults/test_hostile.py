@@ -513,4 +513,4 @@ def test_a_dead_workers_claim_is_taken_over(tmp_path: Path, trained_dir: Path, d
     rows = other.wait_rows(3, timeout=120)
     assert other.stop() == 0
     assert Counter(r["checkpoint"] for r in rows) == {"model.ckpt-20": 1, "model.ckpt-40": 1, "model.ckpt-60": 1}
-    record_property("detail", "the killed watcher's claim expired after its 3 s lease; 3 rows, 1 each")
+    record_property("detail", "the killed watcher's claim taken over (dead on this host; elsewhere: after the 3 s lease); 3 rows, 1 each")
