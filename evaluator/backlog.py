@@ -13,6 +13,7 @@ state file lists but that never appeared within the grace period while a newer c
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -137,7 +138,9 @@ class Backlog:
             for ckpt in found:
                 if not ckpt.is_weight_file and checkpoints.family(ckpt.name) not in self.families:
                     continue
-                complete = checkpoints.exists(ckpt.path)  # an index without its data is not there yet
+                # Seen on disk: complete now, or already deleted again (max_to_keep). An index
+                # whose data has not arrived yet (an odd copy order) is not there yet.
+                complete = checkpoints.exists(ckpt.path) or not os.path.exists(checkpoints.marker(ckpt.path))
                 pending = self._pending.get(ckpt.name)
                 if pending is not None:
                     if complete:

@@ -94,6 +94,11 @@ def at(model_dir: str, path: str) -> Checkpoint | None:
     return Checkpoint(name=name, path=os.path.join(root, name), name_step=step_from_name(name))
 
 
+def marker(path: str) -> str:
+    """The file whose appearance says a checkpoint was written: its `.index` (a weight file: itself)."""
+    return path if is_weight_file(path) else path + INDEX_SUFFIX
+
+
 def exists(path: str) -> bool:
     """Whether a checkpoint's index and its first data shard are on disk (a weight file: is there)."""
     if is_weight_file(path):
