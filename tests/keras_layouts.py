@@ -40,9 +40,10 @@ def train_tf_keras(model_dir: Path, epochs: int = 4, use_ema: bool = True) -> li
     return [pattern.format(epoch=e) for e in range(1, epochs + 1)]
 
 
-def train_tf_ema(model_dir: Path, steps: int = 60, save_every: int = 20) -> list[str]:
+def train_tf_ema(model_dir: Path, steps: int = 60, save_every: int = 20, kernels_only: bool = False) -> list[str]:
     """Keras 3 model, plain SGD, an eager tf.train.ExponentialMovingAverage whose averages are tracked
-    in the checkpoint (`tf.train.Checkpoint(model=..., averages=[...])`), and a `step` variable."""
+    in the checkpoint (`tf.train.Checkpoint(model=..., averages=[...])`), and a `step` variable.
+    With `kernels_only`, only the kernels are averaged (the biases have none)."""
     import keras
     import keras_model
 
@@ -51,10 +52,10 @@ def train_tf_ema(model_dir: Path, steps: int = 60, save_every: int = 20) -> list
     model = keras_model.build("functional")
     optimizer = keras.optimizers.SGD(0.3)
     ema = tf.train.ExponentialMovingAverage(0.9)
-    ema.apply([v.value for v in model.trainable_variables])
+    averaged = [v.value for v in model.trainable_variables if not (kernels_only and v.path.endswith("bias"))]
+    ema.apply(averaged)
     step = tf.Variable(0, dtype=tf.int64)
-    checkpoint = tf.train.Checkpoint(model=model, step=step,
-                                     averages=[ema.average(v.value) for v in model.trainable_variables])
+    checkpoint = tf.train.Checkpoint(model=model, step=step, averages=[ema.average(v) for v in averaged])
     manager = tf.train.CheckpointManager(checkpoint, str(model_dir), max_to_keep=10)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     rng = np.random.default_rng(0)
@@ -64,7 +65,7 @@ def train_tf_ema(model_dir: Path, steps: int = 60, save_every: int = 20) -> list
         with tf.GradientTape() as tape:
             loss = loss_fn(labels[batch], model(images[batch], training=True))
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-        ema.apply([v.value for v in model.trainable_variables])
+        ema.apply(averaged)
         step.assign_add(1)
         if int(step) % save_every == 0:
             saved.append(manager.save(checkpoint_number=int(step)))

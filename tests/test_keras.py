@@ -152,6 +152,51 @@ def test_tf_train_exponential_moving_average(tmp_path: Path) -> None:
         assert_close(ours[:2], numpy_figures(*(tensors[n] for n in ordered)))
 
 
+def test_averages_for_only_some_variables_are_used_with_a_warning(tmp_path: Path) -> None:
+    """Averages for the kernels only: those are used, the biases restore raw, and the outcome says why."""
+    saved = keras_layouts.train_tf_ema(tmp_path, kernels_only=True)
+    model = KerasModel.build(Task(lambda: keras_model.build("functional")), device="cpu")
+    tensors = by_full_name(saved[-1])
+    ours = figures(model, saved[-1])
+    assert ours[2].ema_source == "tf-ema"
+    assert ours[2].warnings == ("2 of the model's 4 trainable variables have no average in the checkpoint "
+                                "(tf-ema layout); restored their raw values",)
+    kernels = sorted(n for n in tensors if n.endswith("kernel/ExponentialMovingAverage"))
+    biases = sorted(n for n in tensors if n.endswith("bias") and not n.startswith("save"))
+    assert_close(ours[:2], numpy_figures(tensors[kernels[0]], tensors[biases[0]], tensors[kernels[1]], tensors[biases[1]]))
+
+
+def test_the_forward_pass_is_traced_once_over_many_checkpoints(keras3_run: tuple[str, list[str]]) -> None:
+    kind, saved = keras3_run
+    if kind != "functional":
+        pytest.skip("once is enough")
+    model = KerasModel.build(Task(lambda: keras_model.build(kind)), device="cpu")
+    for _ in range(10):
+        for path in saved:
+            figures(model, path)
+    assert model.traces == 1  # 30 evaluations, one trace
+
+
+def test_watch_once_finds_every_tf_keras_checkpoint_the_state_file_no_longer_lists(tmp_path: Path) -> None:
+    """tf_keras ModelCheckpoint's state file lists only the newest: the others are found on disk."""
+    from tests.conftest import read_rows, run_cli
+
+    model_dir = tmp_path / "model"
+    saved = keras_layouts.train_tf_keras(model_dir)
+    assert (model_dir / "checkpoint").read_text().count("all_model_checkpoint_paths") == 1
+    task = tmp_path / "task.py"
+    task.write_text(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom tests import keras_layouts\n"
+                    "import digits_data\n"
+                    "class T:\n    def model(self): return keras_layouts.tf_keras_model()\n"
+                    "    def validation_data(self): return digits_data.validation()\nTASK = T()\n")
+    db = tmp_path / "e.db"
+    result = run_cli("watch", str(model_dir), "--task", f"{task}:TASK", "--once", "--db", f"sqlite:///{db}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = read_rows(db)
+    assert [r["checkpoint"] for r in rows] == [Path(p).name for p in saved]
+    assert {(r["status"], r["ema_source"]) for r in rows} == {("ok", "tf-keras")}
+
+
 def test_a_plain_tf_module(tmp_path: Path) -> None:
     saved = keras_layouts.train_module(tmp_path)
     model = KerasModel.build(Task(keras_layouts.ModuleNet), device="cpu")
