@@ -113,8 +113,9 @@ class _Graph:
         return [node_id for node_id, node in enumerate(self.proto.nodes)
                 if any(ref.local_name == name for ref in node.children)]
 
-    def variable_paths(self) -> list[str]:
-        return sorted(self.paths[n] for n in self.paths if self.value(n) is not None)
+    def variable_names(self) -> list[str]:
+        """The full names the trainer's variables had (`sequential/dense/kernel`), for error messages."""
+        return sorted({value[1] for n in self.paths if (value := self.value(n)) is not None})
 
 
 class _Batches:
@@ -280,7 +281,7 @@ class KerasModel:
         return _Plan(keys=keys, ema_source=source, step_key=_step_key(graph), warnings=warnings)
 
     def _lacking_message(self, lacking: list[str], graph: _Graph, start: int | None) -> str:
-        have = graph.variable_paths()
+        have = graph.variable_names()
         near = []
         for name in lacking[:_NAMES_SHOWN]:
             near += [m for m in difflib.get_close_matches(name, have, n=1, cutoff=0.3) if m not in near]
