@@ -7,6 +7,7 @@ is imported only by `watch`, when it builds the evaluation model.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -75,7 +76,8 @@ def cli() -> None:
 @click.option("--task", "task_spec", required=True, envvar="EVALUATOR_TASK", show_envvar=True,
               metavar="SPEC",
               help="The model and validation data: package.module:NAME or path/to/file.py:NAME, an "
-                   "object with inference(features) -> logits and validation_data().")
+                   "object with validation_data() and either model() (TF2: a Keras 3 model or tf.Module) "
+                   "or inference(features) -> logits (tf.compat.v1 graph code).")
 @db_option
 @click.option("--once", is_flag=True, help="Evaluate what is pending, then exit (cron, CI).")
 @name_option
@@ -93,7 +95,8 @@ def cli() -> None:
 @click.option("--ema/--no-ema", default=True, show_default=True,
               help="Restore the exponential-moving-average shadow weights (--no-ema: the raw weights).")
 @click.option("--ema-name", default=EMA_NAME, show_default=True,
-              help="Name of the ExponentialMovingAverage the trainer used (shadow = <var>/<name>).")
+              help="Name of the tf.train.ExponentialMovingAverage the trainer used (averages named "
+                   "<var>/<name>); Keras use_ema averages are found without it.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where to evaluate; auto takes the GPU when TensorFlow sees one (memory growth on).")
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
@@ -121,11 +124,13 @@ def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, name: 
           lease: float, db_wait: float, log_format: str, log_level: str) -> int:
     """Evaluate every checkpoint in MODEL_DIR, then each new one as training writes it.
 
-    Each checkpoint listed in MODEL_DIR/checkpoint (or on disk beside those listed) is restored
-    (EMA shadow weights by default) into a graph built once from --task, run over the
-    validation set, and recorded as one row: step, accuracy, loss, examples, timings and status
-    (ok; missing: deleted before it could be read; failed: with the error). A restart resumes
-    where the rows end. Stops on Ctrl-C, SIGTERM or SIGHUP; logs go to stderr.
+    Each checkpoint listed in MODEL_DIR/checkpoint (or on disk beside those listed, and, for a
+    TF2 task, each *.weights.h5 / *.keras file) is restored into the model built once from
+    --task, with the exponential moving averages the trainer kept (Keras use_ema,
+    tf.train.ExponentialMovingAverage; --no-ema for raw weights), run over the validation set,
+    and recorded as one row: step, accuracy, loss, examples, timings and status (ok; missing:
+    deleted before it could be read; failed: with the error). A restart resumes where the rows
+    end. Stops on Ctrl-C, SIGTERM or SIGHUP; logs go to stderr.
 
     Exit status: 0 stopped (or --once done); 2 configuration error (fix it); 3 --once left
     something unevaluated (failed rows, unreadable state file, listed files absent); 75 the
@@ -183,10 +188,13 @@ def report(last: int, model_dir: str | None, db_url: str | None, fmt: str) -> in
         last = TABLE_ROWS
     with Store.open(resolve_url(db_url), create=False) as store:
         try:
-            _render(store, directory, last, fmt)
-        except SchemaMissing:  # `watch` may be creating it this very moment
-            store.wait_for_schema(5.0)
-            _render(store, directory, last, fmt)
+            try:
+                _render(store, directory, last, fmt)
+            except SchemaMissing:  # `watch` may be creating it this very moment
+                store.wait_for_schema(5.0)
+                _render(store, directory, last, fmt)
+        except BrokenPipeError:  # `evaluator report | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -94,7 +94,7 @@ def _table(model_dir: str, name: str, rows: list[Evaluation], history: History) 
             (f"{row.accuracy:.4f}" if row.accuracy is not None else "") + (" ★" if history.is_best(row) else ""),
             f"{row.loss:.4f}" if row.loss is not None else "",
             _text(row.examples),
-            {None: "", "none": "no"}.get(row.ema_source, row.ema_source or ""),
+            row.ema_source or "",
             _status(row.status),
             row.checkpoint,
             row.evaluated_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),

@@ -446,7 +446,11 @@ class Service:
             return None
         self.heartbeat.holding.set()  # until the row is written (the loop clears it)
         try:
-            return self._evaluate(pending, fingerprint)
+            evaluation = self._evaluate(pending, fingerprint)
+            after = checkpoints.fingerprint(ckpt.path)
+            if after is not None and after != fingerprint:  # still being written while we read it
+                raise CheckpointIncomplete(f"{ckpt.name} changed while it was evaluated")
+            return evaluation
         except (CheckpointIncomplete, EvaluationFault, Abandoned) as err:
             self.heartbeat.holding.clear()
             self._write("release the claim", lambda: self.store.release_claims(self.owner, key),  # type: ignore[union-attr]

@@ -83,12 +83,19 @@ def load_task(spec: str) -> Task:
     try:
         obj = getattr(module, name)
     except AttributeError:
-        raise TaskError(f"--task {spec!r}: {target} has no attribute {name!r}") from None
+        public = sorted(n for n in vars(module) if not n.startswith("_") and n.isupper())
+        hint = f" (it has {', '.join(public[:8])})" if public else ""
+        raise TaskError(f"--task {spec!r}: {target} has no attribute {name!r}{hint}") from None
     if inspect.isclass(obj):
         try:
             obj = obj()
         except Exception as err:
             raise TaskError(f"--task {spec!r}: {name}() failed: {type(err).__name__}: {err}") from err
+    if not any(callable(getattr(obj, m, None)) for m in ("model", "inference")):
+        raise TaskError(
+            f"--task {spec!r}: {name} has neither model() (TF2: returns the Keras model or tf.Module) nor "
+            "inference(features) -> logits (tf.compat.v1 graph code); a task provides one of them and validation_data()"
+        )
     lacking = [member for member in REQUIRED[task_kind(obj)] if not callable(getattr(obj, member, None))]
     if lacking:
         raise TaskError(

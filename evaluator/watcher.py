@@ -53,12 +53,16 @@ class _ModelDirHandler(FileSystemEventHandler):
     moved into place."""
 
     def __init__(self, model_dir: str, on_change: Callable[[], None],
-                 on_written: Callable[[str], None] | None, weight_files: bool = False) -> None:
+                 on_written: Callable[[str], None] | None, weight_files: bool = False, poll: bool = False) -> None:
         self._dir = model_dir
         self._state_file = os.path.join(model_dir, STATE_FILE)
         self._on_change = on_change
         self._on_written = on_written
         self._weight_files = weight_files
+        # A weight file is complete once closed after writing, or renamed into place; polling sees
+        # neither, only its creation (a read too early is retried while it grows).
+        self._weight_file_events = ((EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_MOVED) if poll
+                                    else (EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED))
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
@@ -86,7 +90,7 @@ class _ModelDirHandler(FileSystemEventHandler):
         if event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED) and written.endswith(INDEX_SUFFIX):
             self._on_written(written[: -len(INDEX_SUFFIX)])
         elif (self._weight_files and is_weight_file(written) and not os.path.basename(written).startswith(".")
-              and event.event_type in (EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED, EVENT_TYPE_CREATED)):
+              and event.event_type in self._weight_file_events):
             self._on_written(written)
 
 
@@ -97,7 +101,7 @@ class Watcher:
                  on_written: Callable[[str], None] | None = None, weight_files: bool = False,
                  poll: bool = False, poll_interval: float = 1.0) -> None:
         self._dir = model_dir
-        self._handler = _ModelDirHandler(model_dir, on_change, on_written, weight_files)
+        self._handler = _ModelDirHandler(model_dir, on_change, on_written, weight_files, poll)
         self._observer: BaseObserver = PollingObserver(timeout=poll_interval) if poll else Observer()
         self._watch: ObservedWatch | None = None
         self._identity: tuple[int, int] | None = None

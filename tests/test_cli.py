@@ -144,3 +144,30 @@ def test_report_on_an_empty_database(db: Path) -> None:
 def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("evaluator, version ")
+
+
+def test_a_report_piped_into_head_exits_quietly(db: Path) -> None:
+    """`evaluator report | head`: the closed pipe is not a crash (exit 0, nothing on stderr)."""
+    from evaluator.evaluation import Evaluation, Status
+    from evaluator.store import Store
+    from datetime import datetime, timezone
+
+    with Store.open(sqlite_url(db), create=True) as store:
+        store.upgrade()
+        now = datetime.now(timezone.utc)
+        store.record_many(Evaluation("/m", f"m-{i}", i, Status.OK, now, accuracy=0.5, loss=1.0, fingerprint="f")
+                          for i in range(3000))
+    done = subprocess.run(f"{sys.executable} -m evaluator report --db {sqlite_url(db)} --format json --last 100000 "
+                          "| head -3; exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash",
+                          capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and done.stdout.count("\n") == 3
+    assert "Traceback" not in done.stderr and "error" not in done.stderr
+
+
+def test_a_task_with_neither_model_nor_inference_says_both(tmp_path: Path, trained_dir: Path, db: Path) -> None:
+    task = tmp_path / "typo.py"
+    task.write_text("class T:\n    def modle(self): pass\n    def validation_data(self): pass\nTASK = T()\n")
+    result = run_cli("watch", str(trained_dir), "--task", f"{task}:TASK", "--once", "--db", sqlite_url(db))
+    one_line_error(result, "TASK has neither model() (TF2: returns the Keras model or tf.Module) nor inference")
+    misspelt = run_cli("watch", str(trained_dir), "--task", f"{task}:TAKS", "--once", "--db", sqlite_url(db))
+    one_line_error(misspelt, "has no attribute 'TAKS' (it has T, TASK)")

@@ -121,6 +121,33 @@ def test_data_still_growing_when_the_state_file_lists_it(tmp_path: Path, trained
     record_property("detail", f"{len(short)} short reads retried while the data grew, then ok")
 
 
+def test_a_checkpoint_rewritten_while_it_is_evaluated(tmp_path: Path, trained_dir: Path, db: Path,
+                                                      daemons: list[Daemon],
+                                                      record_property: Callable[[str, object], None]) -> None:
+    """Scenario 12b: a checkpoint's files rewritten while it is evaluated: one row, for the bytes that stayed"""
+    import hashlib
+
+    from tests.conftest import slow_task
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    daemon = Daemon(model_dir, db, task=slow_task(tmp_path, seconds_per_batch=0.3, batches=6)).start()
+    daemons.append(daemon)
+    daemon.wait_ready()
+    copy_checkpoint(trained_dir, "model.ckpt-20", model_dir, "model.ckpt-100")
+    write_state(model_dir, ["model.ckpt-100"])
+    time.sleep(1.0)  # in the middle of its evaluation
+    copy_checkpoint(trained_dir, "model.ckpt-60", model_dir, "model.ckpt-100")
+    final = hashlib.sha256((model_dir / "model.ckpt-100.index").read_bytes()).hexdigest()[:16]
+    wait_for(lambda: any(e["event"] == "evaluated" for e in daemon.events()), timeout=60, message="a row")
+    time.sleep(3)  # a second row would have come by now
+    assert daemon.stop() == 0
+    rows = read_rows(db)
+    assert [(r["checkpoint"], r["status"], r["fingerprint"]) for r in rows] == [("model.ckpt-100", "ok", final)]
+    record_property("detail", "the evaluation that read changing files was dropped and run again: 1 row, "
+                              "for the final bytes")
+
+
 def test_thousands_of_listed_checkpoints_that_do_not_exist(tmp_path: Path, trained_dir: Path, db: Path,
                                                            daemons: list[Daemon],
                                                            record_property: Callable[[str, object], None]) -> None:
