@@ -101,10 +101,9 @@ def marker(path: str) -> str:
 
 def exists(path: str) -> bool:
     """Whether a checkpoint's index and its first data shard are on disk (a weight file: is there)."""
-    if not _non_empty(marker(path)):  # an index (weight file) being created is not a checkpoint yet
-        return False
     if is_weight_file(path):
-        return True
+        return os.path.isfile(path)
+    if not os.path.isfile(path + INDEX_SUFFIX):
         return False
     # Shard 0 of N is always there; N is 1 unless the saver was sharded. Only then list the
     # directory: with hundreds of checkpoints in it, a glob per call costs milliseconds.
@@ -135,13 +134,6 @@ def fingerprint(path: str) -> str | None:
         _fingerprints.clear()
     _fingerprints[cache_key] = digest
     return digest
-
-
-def _non_empty(path: str) -> bool:
-    try:
-        return os.stat(path).st_size > 0
-    except OSError:
-        return False
 
 
 def snapshot(path: str) -> tuple[tuple[str, int, int], ...]:

@@ -166,7 +166,7 @@ def read_error(checkpoint: checkpoints.Checkpoint, err: BaseException) -> Except
     if not checkpoints.exists(checkpoint.path):  # deleted while we were reading it
         return _missing(checkpoint)
     message = f"cannot restore {checkpoint.name}: {type(err).__name__}: {first_line(err)}"
-    if isinstance(err, _SHORT_READ):
+    if isinstance(err, _SHORT_READ) or "too short" in message:  # an index still being written reads short
         return CheckpointIncomplete(message)
     if isinstance(err, _ENVIRONMENT):
         return EvaluationFault(message)

