@@ -293,6 +293,25 @@ def measure_cost(work: Path, sizes: Sizes) -> dict[str, Any]:
     }}
 
 
+def rss_over_checkpoints(staged: Path, prefix: str, family: str, model_dir: Path, task: str,
+                         sizes: Sizes) -> tuple[dict[int, float], float]:
+    """`watch`'s RSS (MB) after each mark of evaluated checkpoints, and its peak: one checkpoint
+    linked under `family-1..N` (no disk, but N restores), listed a mark at a time."""
+    names = [f"{family}-{i}" for i in range(1, sizes.memory_marks[-1] + 1)]
+    for name in names:
+        link_checkpoint(staged, prefix, model_dir, name)
+    env = {"BENCH_WIDTH": sizes.width, "BENCH_EXAMPLES": str(sizes.memory_examples)}
+    watch = Watch(model_dir, model_dir.with_suffix(".db"), task, env=env).wait_ready()
+    samples = {}
+    for mark in sizes.memory_marks:
+        write_state(model_dir, names[:mark])
+        watch.wait_rows(mark, timeout=1200)
+        samples[mark] = watch.rss_mb()
+    peak = _status_kb(watch.process.pid, "VmHWM") / 1024
+    watch.stop()
+    return samples, peak
+
+
 def measure_memory(work: Path, sizes: Sizes) -> dict[str, Any]:
     """3. the daemon's RSS after 10 ... 200 evaluated checkpoints of the realistic model."""
     from bench import workload
@@ -301,19 +320,7 @@ def measure_memory(work: Path, sizes: Sizes) -> dict[str, Any]:
     workload.write_checkpoints(str(staged), 1)
     model_dir = work / "memory"
     model_dir.mkdir()
-    total = sizes.memory_marks[-1]
-    names = [f"model.ckpt-{i}" for i in range(1, total + 1)]
-    for name in names:  # the same files under 200 names: no disk, but 200 restores
-        link_checkpoint(staged, "model.ckpt-2", model_dir, name)
-    env = {"BENCH_WIDTH": sizes.width, "BENCH_EXAMPLES": str(sizes.memory_examples)}
-    watch = Watch(model_dir, work / "memory.db", WORKLOAD_TASK, env=env).wait_ready()
-    samples = {}
-    for mark in sizes.memory_marks:
-        write_state(model_dir, names[:mark])
-        watch.wait_rows(mark, timeout=1200)
-        samples[mark] = watch.rss_mb()
-    peak = _status_kb(watch.process.pid, "VmHWM") / 1024
-    watch.stop()
+    samples, peak = rss_over_checkpoints(staged, "model.ckpt-2", "model.ckpt", model_dir, WORKLOAD_TASK, sizes)
     first, last = sizes.memory_marks[0], sizes.memory_marks[-1]
     return {"memory": {"rss_mb": samples, "growth_mb": samples[last] - samples[first], "from": first,
                        "to": last, "peak_rss_mb": peak}}
@@ -445,18 +452,7 @@ def measure_keras(work: Path, sizes: Sizes) -> dict[str, Any]:
     keras_workload.write_checkpoints(str(staged), 1)
     memory_dir = work / "keras-memory"
     memory_dir.mkdir()
-    total = sizes.memory_marks[-1]
-    names = [f"ckpt-{i}" for i in range(1, total + 1)]
-    for name in names:
-        link_checkpoint(staged, "ckpt-1", memory_dir, name)
-    env = {"BENCH_WIDTH": sizes.width, "BENCH_EXAMPLES": str(sizes.memory_examples)}
-    watch = Watch(memory_dir, work / "keras-memory.db", KERAS_WORKLOAD_TASK, env=env).wait_ready()
-    samples = {}
-    for mark in sizes.memory_marks:
-        write_state(memory_dir, names[:mark])
-        watch.wait_rows(mark, timeout=1200)
-        samples[mark] = watch.rss_mb()
-    watch.stop()
+    samples, _ = rss_over_checkpoints(staged, "ckpt-1", "ckpt", memory_dir, KERAS_WORKLOAD_TASK, sizes)
     first, last = sizes.memory_marks[0], sizes.memory_marks[-1]
     return {"keras": {
         "parameters": int(sum(np.prod(v.shape) for v in ours_model.variables)), "examples": ours_model.examples,

@@ -178,8 +178,7 @@ def report(last: int, model_dir: str | None, db_url: str | None, fmt: str) -> in
       evaluator report --last 10
       evaluator report --model-dir ./model_dir --format json | jq '.[-1].accuracy'
     """
-    from evaluator import report as report_module
-    from evaluator.store import SchemaMissing, Store, describe, resolve_url
+    from evaluator.store import SchemaMissing, Store, resolve_url
 
     directory = normalize_model_dir(model_dir) if model_dir else None
     if fmt == "table" and last > TABLE_ROWS:
@@ -200,7 +199,6 @@ def report(last: int, model_dir: str | None, db_url: str | None, fmt: str) -> in
 
 def _render(store: Any, directory: str | None, last: int, fmt: str) -> None:
     from evaluator import report as report_module
-    from evaluator.store import describe
 
     with store.streaming_history(directory, last) as history:
         if fmt != "table":

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, create_engine, delete, event, insert, or_, select, update
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session
 
 from evaluator.errors import DatabaseError, DatabaseGone, DatabaseUnavailable, SchemaMissing, StoreWriteError

@@ -4,7 +4,6 @@ the checkpoint, and a plain `tf.Module`. Each returns the saved paths; tiny and 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 

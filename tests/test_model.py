@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from evaluator import checkpoints
-from evaluator.errors import CheckpointError, DeviceError, EvaluationFault, TaskError
+from evaluator.errors import DeviceError, EvaluationFault, TaskError
 from evaluator.models.device import select_device
 from evaluator.models.graph import GraphModel as EvalModel
 from evaluator.task import load_task

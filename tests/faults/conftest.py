@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import train
+from tests.conftest import DIGITS, train
 
 _outcomes: dict[str, tuple[str, str, str]] = {}
 
@@ -45,6 +45,21 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 def _order(title: str) -> tuple[int, str]:
     match = re.match(r"Scenario (\d+)", title)
     return (int(match.group(1)), title) if match else (99, title)
+
+
+def renamed_task(directory: Path) -> str:
+    """A task file whose graph puts the digits layers under `encoder/`: it fits no digits checkpoint."""
+    task = directory / "renamed.py"
+    task.write_text(
+        f"import sys\nsys.path.insert(0, {str(DIGITS)!r})\nimport tensorflow as tf\nimport digits_data, digits_model\n"
+        "class Renamed:\n"
+        "    def inference(self, features):\n"
+        "        with tf.compat.v1.variable_scope('encoder'):\n"
+        "            return digits_model.inference(features)\n"
+        "    def validation_data(self):\n"
+        "        return digits_data.validation()\n"
+        "TASK = Renamed()\n")
+    return f"{task}:TASK"
 
 
 def write_state(model_dir: Path, names: list[str]) -> None:

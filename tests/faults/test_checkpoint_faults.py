@@ -14,7 +14,6 @@ from watchdog.events import FileOpenedEvent, FileSystemEvent, FileSystemEventHan
 from watchdog.observers import Observer
 
 from tests.conftest import (
-    DIGITS,
     Daemon,
     read_rows,
     saved_by,
@@ -22,7 +21,7 @@ from tests.conftest import (
     start_trainer,
     wait_for,
 )
-from tests.faults.conftest import copy_checkpoint, link_all, write_state
+from tests.faults.conftest import copy_checkpoint, link_all, renamed_task, write_state
 
 pytestmark = pytest.mark.slow
 
@@ -200,17 +199,7 @@ def test_a_task_that_does_not_fit_the_checkpoints(tmp_path: Path, trained_dir: P
     """Scenario 9: a task whose graph does not match the checkpoint (a renamed layer)"""
     model_dir = tmp_path / "model"
     shutil.copytree(trained_dir, model_dir)
-    task = tmp_path / "renamed.py"
-    task.write_text(
-        f"import sys\nsys.path.insert(0, {str(DIGITS)!r})\nimport tensorflow as tf\nimport digits_data, digits_model\n"
-        "class Renamed:\n"
-        "    def inference(self, features):\n"
-        "        with tf.compat.v1.variable_scope('encoder'):\n"
-        "            return digits_model.inference(features)\n"
-        "    def validation_data(self):\n"
-        "        return digits_data.validation()\n"
-        "TASK = Renamed()\n")
-    daemon = Daemon(model_dir, db, "--rescan", "0.5", task=f"{task}:TASK").start()
+    daemon = Daemon(model_dir, db, "--rescan", "0.5", task=renamed_task(tmp_path)).start()
     daemons.append(daemon)
     rows = daemon.wait_rows(3)
     time.sleep(2)  # several re-scans: no retry loop, no crash

@@ -16,8 +16,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from tests.conftest import DIGITS, Daemon, cli_env, read_rows, run_cli, sqlite_url, train, wait_for
-from tests.faults.conftest import copy_checkpoint, write_state
+from tests.conftest import DIGITS, Daemon, read_rows, run_cli, sqlite_url, train, wait_for
+from tests.faults.conftest import copy_checkpoint, renamed_task, write_state
 
 pytestmark = pytest.mark.slow
 
@@ -240,18 +240,8 @@ def test_retry_re_evaluates_failed_checkpoints_after_the_task_is_fixed(
     """Scenario 14c: failed rows (a task that did not fit), the task fixed, `evaluator retry`: real rows"""
     model_dir = tmp_path / "model"
     shutil.copytree(trained_dir, model_dir)
-    renamed = tmp_path / "renamed.py"
-    renamed.write_text(
-        f"import sys\nsys.path.insert(0, {str(DIGITS)!r})\nimport tensorflow as tf\nimport digits_data, digits_model\n"
-        "class Renamed:\n"
-        "    def inference(self, features):\n"
-        "        with tf.compat.v1.variable_scope('encoder'):\n"
-        "            return digits_model.inference(features)\n"
-        "    def validation_data(self):\n"
-        "        return digits_data.validation()\n"
-        "TASK = Renamed()\n")
     url = sqlite_url(db)
-    first = run_cli("watch", str(model_dir), "--task", f"{renamed}:TASK", "--once", "--db", url)
+    first = run_cli("watch", str(model_dir), "--task", renamed_task(tmp_path), "--once", "--db", url)
     assert first.returncode == EXIT_INCOMPLETE
     assert {r["status"] for r in read_rows(db)} == {"failed"}
     retried = run_cli("retry", "--model-dir", str(model_dir), "--db", url)
