@@ -96,7 +96,7 @@ def assert_close(ours: tuple[float, float], theirs: tuple[float, float]) -> None
 
 # -- Keras 3 custom loop: Sequential, functional, subclassed; use_ema ---------------------------------
 
-@pytest.fixture(scope="module", params=["sequential", "functional", "subclassed"])
+@pytest.fixture(scope="module", params=["sequential", "named", "functional", "subclassed"])
 def keras3_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
     model_dir = tmp_path_factory.mktemp(f"keras3-{request.param}")
     import keras

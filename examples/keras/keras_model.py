@@ -27,6 +27,9 @@ def build(kind: str = "sequential", hidden_units: int = HIDDEN_UNITS) -> keras.M
     if kind == "sequential":
         return keras.Sequential([keras.Input((PIXELS,)), keras.layers.Dense(hidden_units, activation="relu"),
                                  keras.layers.Dense(CLASSES)])
+    if kind == "named":  # layers named by hand: matched the same way (names play no part)
+        return keras.Sequential([keras.Input((PIXELS,)), keras.layers.Dense(hidden_units, activation="relu", name="hidden"),
+                                 keras.layers.Dense(CLASSES, name="logits")], name="digits")
     if kind == "functional":
         inputs = keras.Input((PIXELS,))
         hidden = keras.layers.Dense(hidden_units, activation="relu")(inputs)
@@ -35,4 +38,4 @@ def build(kind: str = "sequential", hidden_units: int = HIDDEN_UNITS) -> keras.M
         model = Digits(hidden_units)
         model(keras.ops.zeros((1, PIXELS)))  # creates the variables
         return model
-    raise ValueError(f"unknown model kind {kind!r}: sequential, functional or subclassed")
+    raise ValueError(f"unknown model kind {kind!r}: sequential, named, functional or subclassed")

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir")
     parser.add_argument("--fit", choices=["weights.h5", "keras"], help="model.fit + ModelCheckpoint instead")
-    parser.add_argument("--model", default="sequential", choices=["sequential", "functional", "subclassed"])
+    parser.add_argument("--model", default="sequential", choices=["sequential", "named", "functional", "subclassed"])
     parser.add_argument("--steps", type=int, default=300, help="custom loop: training steps")
     parser.add_argument("--save-every", type=int, default=50)
     parser.add_argument("--max-to-keep", type=int, default=5)
