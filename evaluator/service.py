@@ -94,6 +94,8 @@ class Service:
         self._present: bool | None = None
         self._last: Evaluation | None = None
         self._last_rescan = -math.inf
+        #: When the rows were last read from the database (at start, then by each re-scan).
+        self._rows_loaded_at = -math.inf
         self._consecutive_faults = 0
         self._failed_this_run = 0
         self._said_waiting = False
@@ -127,6 +129,7 @@ class Service:
         self.store = Store.prepare(self.options.db_url, wait=self.options.db_wait, on_retry=self._db_retry)
         self._check_settings()
         self.backlog.set_recorded(self.store.recorded(self.model_dir, self.options.name))
+        self._rows_loaded_at = time.monotonic()
         self.log.info("database ready", db=describe(self.options.db_url), revision=self.store.revision(),
                       recorded=self.backlog.recorded_count())
         self.heartbeat = Heartbeat(self.store, self.owner, self.options.lease)
@@ -347,10 +350,12 @@ class Service:
         retry`), and checkpoints on disk that no event or state file reported."""
         assert self.store is not None
         self._last_rescan = time.monotonic()
-        try:
-            self.backlog.set_recorded(self.store.recorded(self.model_dir, self.options.name))
-        except DatabaseError as err:
-            self.log.warning("cannot read the database; will try again", error=str(err))
+        if self._last_rescan - self._rows_loaded_at >= self.options.rescan_interval:  # not just loaded at start
+            try:
+                self.backlog.set_recorded(self.store.recorded(self.model_dir, self.options.name))
+                self._rows_loaded_at = self._last_rescan
+            except DatabaseError as err:
+                self.log.warning("cannot read the database; will try again", error=str(err))
         self._scan_disk()
 
     def _scan_disk(self) -> None:
