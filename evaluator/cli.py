@@ -18,7 +18,7 @@ from evaluator import __version__
 from evaluator.checkpoints import EMA_NAME, normalize_model_dir
 from evaluator.errors import EXIT_CONFIG, EvaluatorError
 from evaluator.evaluation import DEFAULT_NAME, Status
-from evaluator.options import DB_ENV, DEVICES, LOG_FORMATS, LOG_LEVELS, WatchOptions
+from evaluator.options import DB_ENV, DEVICES, LOG_FORMATS, LOG_LEVELS, METRIC_NAMES, WatchOptions, is_metric_name
 from evaluator.report import FORMATS as REPORT_FORMATS
 
 # SQLAlchemy, structlog, rich and TensorFlow are imported inside the commands that use them:
@@ -31,6 +31,14 @@ EXIT_INTERRUPTED = 130
 #: The most rows `report --last` asks for per evaluation; a table shows at most TABLE_ROWS of them.
 MAX_LAST = 1_000_000_000
 TABLE_ROWS = 1000
+
+
+def _check_metrics(ctx: click.Context, param: click.Parameter, names: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [name for name in names if not is_metric_name(name)]
+    if unknown:
+        raise click.BadParameter(f"{unknown[0]!r} is not a built-in metric; they are {', '.join(METRIC_NAMES)} "
+                                 "(K, C: whole numbers, e.g. top_k_accuracy:5, recall:3)")
+    return names
 
 
 def name_option(command: F) -> F:
@@ -117,20 +125,29 @@ def cli() -> None:
                    "died is taken over after this long (a live one renews it every lease/3).")
 @click.option("--db-wait", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
               help="At start, wait this long for a locked or unreachable database, then exit 75.")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME", callback=_check_metrics,
+              help="A built-in metric to compute besides accuracy and loss (repeatable): "
+                   f"{', '.join(METRIC_NAMES)}. A task can define its own (its `metrics`).")
 @log_options
 def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, name: str, poll: bool,
           poll_interval: float, rescan_interval: float, wait_for_dir: bool, ema: bool, ema_name: str,
           device: str, batch_size: int | None, stop_grace: float, missing_grace: float, retries: int,
-          lease: float, db_wait: float, log_format: str, log_level: str) -> int:
+          lease: float, db_wait: float, metrics: tuple[str, ...], log_format: str, log_level: str) -> int:
     """Evaluate every checkpoint in MODEL_DIR, then each new one as training writes it.
 
     Each checkpoint listed in MODEL_DIR/checkpoint (or on disk beside those listed, and, for a
     TF2 task, each *.weights.h5 / *.keras file) is restored into the model built once from
     --task, with the exponential moving averages the trainer kept (Keras use_ema,
-    tf.train.ExponentialMovingAverage; --no-ema for raw weights), run over the validation set,
-    and recorded as one row: step, accuracy, loss, examples, timings and status (ok; missing:
-    deleted before it could be read; failed: with the error). A restart resumes where the rows
-    end. Stops on Ctrl-C, SIGTERM or SIGHUP; logs go to stderr.
+    tf.train.ExponentialMovingAverage; --no-ema for raw weights), run over every validation set
+    the task gives, and recorded as one row: step, metrics (accuracy and loss by default, the
+    task's own and --metric's), examples, timings and status (ok; missing: deleted before it
+    could be read; failed: with the error). A restart resumes where the rows end. Stops on
+    Ctrl-C, SIGTERM or SIGHUP; logs go to stderr.
+
+    A task may define `metrics` (a list of built-in names, or a mapping from a name to a
+    built-in name, a function (labels, outputs) -> per-example values, a keras.metrics.Metric,
+    or a (metric, "max"|"min") pair) and return several validation sets from
+    validation_data() as a mapping from a name to a set; see the README.
 
     Exit status: 0 stopped (or --once done); 2 configuration error (fix it); 3 --once left
     something unevaluated (failed rows, unreadable state file, listed files absent); 75 the
@@ -153,6 +170,7 @@ def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, name: 
         poll_interval=poll_interval, rescan_interval=rescan_interval, wait_for_dir=wait_for_dir,
         ema=ema, ema_name=ema_name, device=device, batch_size=batch_size, stop_grace=stop_grace,
         name=name, missing_grace=missing_grace, retries=retries, lease=lease, db_wait=db_wait,
+        metrics=tuple(dict.fromkeys(metrics)),
     )
     return Service(options).run()
 

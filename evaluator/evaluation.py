@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from collections.abc import Iterable
 from typing import Any
 
 #: The evaluation name when --name is not given.
@@ -14,6 +15,10 @@ DEFAULT_NAME = "default"
 #: tf.train.ExponentialMovingAverage tracked in an object checkpoint; NO_EMA: the raw weights.
 EMA_SOURCES = ("tf1-names", "keras", "tf-keras", "tf-ema")
 NO_EMA = "none"
+#: Higher is better / lower is better (a metric's goal).
+MAX, MIN = "max", "min"
+#: The count each validation set's metrics carry beside its values.
+EXAMPLES = "examples"
 #: The largest step a row holds (a signed 64-bit integer); a larger `-N` suffix is no step.
 MAX_STEP = 2**63 - 1
 
@@ -56,6 +61,11 @@ class Evaluation:
     eval_seconds: float | None = None
     device: str | None = None
     error: str | None = None
+    #: Every metric of every validation set ({set: {metric: value, "examples": n}}), the first set
+    #: being the default one (whose accuracy and loss are the fields above).
+    metrics: dict[str, dict[str, float]] | None = None
+    #: Metric -> MAX or MIN: which way is better.
+    goals: dict[str, str] | None = None
     #: When the daemon first saw the checkpoint listed in the state file.
     detected_at: datetime | None = None
     #: When its evaluation started (detection latency = started_at - the state file's rename).
@@ -73,12 +83,37 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Metrics:
-    """One checkpoint's figures over the whole validation set."""
+    """One checkpoint's figures: every metric of every validation set, each over the whole set."""
 
-    accuracy: float
-    loss: float
-    examples: int
+    #: Validation set -> metric -> value, in the task's order; the first set is the default one.
+    values: dict[str, dict[str, float]]
+    #: Validation set -> how many examples it had.
+    counts: dict[str, int]
     seconds: float
+    #: Metric -> MAX ("max": higher is better) or MIN.
+    goals: dict[str, str] = field(default_factory=dict)
+    #: Metrics left out because undefined on a set (AUC of a set with one class...).
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def default_set(self) -> str:
+        return next(iter(self.values))
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.values[self.default_set].get("accuracy")
+
+    @property
+    def loss(self) -> float | None:
+        return self.values[self.default_set].get("loss")
+
+    @property
+    def examples(self) -> int:
+        return self.counts[self.default_set]
+
+    def stored(self) -> dict[str, dict[str, float]]:
+        """What a row keeps: each set's values and its `examples`."""
+        return {name: {**values, EXAMPLES: self.counts[name]} for name, values in self.values.items()}
 
 
 @dataclass(frozen=True)
@@ -95,8 +130,11 @@ class CheckpointKey:
 class History:
     """What `report` shows: recent rows per (model directory, name) and each one's best row."""
 
-    rows: list[Evaluation]
+    rows: Iterable[Evaluation]
     best: dict[tuple[str, str], Evaluation] = field(default_factory=dict)
+    #: The metric `best` was chosen by (None: accuracy, else loss) and on which set (None: the first).
+    best_by: str | None = None
+    dataset: str | None = None
 
     def is_best(self, row: Evaluation) -> bool:
         """Whether `row` is its evaluation's best accuracy (lowest step on ties)."""

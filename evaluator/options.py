@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from typing import Any
@@ -12,6 +13,17 @@ from evaluator.evaluation import DEFAULT_NAME
 DEVICES = ("auto", "cpu", "gpu")
 LOG_FORMATS = ("auto", "console", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: The built-in metrics (evaluator.metrics), as `--metric` takes them: K and C are whole numbers.
+METRIC_NAMES = ("accuracy", "loss", "top_k_accuracy:K", "precision[:C]", "recall[:C]", "f1[:C]", "auc[:C]",
+                "mae", "mse", "rmse")
+_METRIC = re.compile(r"accuracy|loss|mae|mse|rmse|top_k_accuracy:[1-9]\d{0,5}|(precision|recall|f1|auc)(:\d{1,6})?")
+
+
+def is_metric_name(name: str) -> bool:
+    """Whether `name` is a built-in metric, with its argument where it takes one."""
+    return _METRIC.fullmatch(name) is not None
+
+
 #: The environment variable that names the database when --db is not given.
 DB_ENV = "EVALUATOR_DB"
 
@@ -49,6 +61,8 @@ class WatchOptions:
     lease: float = 90.0
     #: Seconds start-up waits for a locked or unreachable database before exiting 75.
     db_wait: float = 60.0
+    #: Built-in metrics (metrics.py) computed besides the defaults and the task's own.
+    metrics: tuple[str, ...] = ()
 
     def settings(self) -> dict[str, Any]:
         """What decides the numbers an evaluation records (stored with each row, compared at start)."""

@@ -1,5 +1,5 @@
 """The database schema: `evaluations`, one row per (model directory, evaluation name, checkpoint,
-fingerprint), and `claims`, the checkpoints an evaluator is evaluating now (owner, expiry).
+fingerprint), `metrics`, each one's figures per validation set and metric, and `claims`, the checkpoints an evaluator is evaluating now (owner, expiry).
 
 Changes here need a migration in `migrations/versions/` (`alembic revision --autogenerate`);
 `tests/test_migrations.py` fails when the two disagree.
@@ -14,6 +14,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -92,6 +93,26 @@ class EvaluationRow(Base):
     evaluated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: JSON: the task, EMA and batch settings the row was evaluated with.
     settings: Mapped[str | None] = mapped_column(Text)
+
+
+class MetricRow(Base):
+    """One metric of one validation set of one evaluation (`examples` too, with no goal)."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (
+        UniqueConstraint("evaluation_id", "dataset", "name"),
+        # The best row by any metric without reading all the rows (`report --best-by`).
+        Index(None, "dataset", "name", "value"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"))
+    #: The validation set's name ("validation" when the task has one, unnamed).
+    dataset: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(255))
+    value: Mapped[float] = mapped_column(Float)
+    #: "max" or "min": which way is better; None for `examples`.
+    goal: Mapped[str | None] = mapped_column(String(8))
 
 
 class ClaimRow(Base):

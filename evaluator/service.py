@@ -45,7 +45,7 @@ from evaluator.errors import (
     TemporaryError,
     first_line,
 )
-from evaluator.evaluation import CheckpointKey, Evaluation, Status
+from evaluator.evaluation import EXAMPLES, CheckpointKey, Evaluation, Status
 from evaluator.notify import Notifier
 from evaluator.options import WatchOptions
 from evaluator.shutdown import Shutdown
@@ -177,9 +177,10 @@ class Service:
 
         log.route_tensorflow_logger()
         batch_size = self.options.batch_size or batch_size_of(task)
-        model = models.build(task, device=self.options.device, ema=self.options.ema,
-                             ema_name=self.options.ema_name, **({"batch_size": batch_size} if batch_size else {}))
+        model = models.build(task, device=self.options.device, ema=self.options.ema, ema_name=self.options.ema_name,
+                             metrics=self.options.metrics, **({"batch_size": batch_size} if batch_size else {}))
         self.log.info("evaluation model built", **model.describe())
+        self._settings = {**self._settings, **measured(model)}
         return model
 
     def _stop(self) -> None:
@@ -505,7 +506,8 @@ class Service:
         for warning in outcome.warnings:
             self.log.warning(warning, checkpoint=ckpt.name)
         return replace(base, status=Status.OK, step=outcome.step, accuracy=metrics.accuracy,
-                       loss=metrics.loss, examples=metrics.examples, ema_source=outcome.ema_source,
+                       loss=metrics.loss, examples=metrics.examples, metrics=metrics.stored(), goals=metrics.goals,
+                       ema_source=outcome.ema_source,
                        restore_seconds=outcome.restore_seconds, eval_seconds=metrics.seconds,
                        evaluated_at=utcnow())
 
@@ -598,10 +600,10 @@ class Service:
         return False
 
     def _log_evaluation(self, e: Evaluation) -> None:
-        fields: dict[str, Any] = {"checkpoint": e.checkpoint, "step": e.step, "status": e.status.value}
+        fields: dict[str, Any] = {"step": e.step, "checkpoint": e.checkpoint, "status": e.status.value}
         if e.status is Status.OK:
-            fields.update(accuracy=round(e.accuracy or 0.0, 6), loss=round(e.loss or 0.0, 6), examples=e.examples,
-                          ema=e.ema_source, restore_seconds=round(e.restore_seconds or 0.0, 4),
+            fields.update(flat_metrics(e.metrics or {}))
+            fields.update(examples=e.examples, ema=e.ema_source, restore_seconds=round(e.restore_seconds or 0.0, 4),
                           eval_seconds=round(e.eval_seconds or 0.0, 4), device=e.device)
             self.log.info("evaluated", **fields)
         else:
@@ -612,3 +614,23 @@ class Service:
         if last is None or last.accuracy is None:
             return f"watching {self.model_dir}"
         return f"watching {self.model_dir}, last step {last.step} acc {last.accuracy:.4f}"
+
+
+def flat_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Every metric as one field: `accuracy` with one validation set, `<set>/accuracy` with several."""
+    one = len(metrics) == 1
+    return {(name if one else f"{dataset}/{name}"): round(value, 6) if isinstance(value, float) else value
+            for dataset, values in metrics.items() for name, value in values.items()
+            if not (one and name == EXAMPLES)}
+
+
+def measured(model: EvalModel) -> dict[str, Any]:
+    """The settings a model adds when it measures more than the defaults (metrics, named sets)."""
+    from evaluator.metrics import DEFAULTS
+
+    extra: dict[str, Any] = {}
+    if list(model.suite.goals) != list(DEFAULTS[model.sets.problem]):
+        extra["metrics"] = list(model.suite.goals)
+    if model.sets.named:
+        extra["validation_sets"] = model.sets.names
+    return extra

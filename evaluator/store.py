@@ -27,14 +27,17 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 from sqlalchemy.orm import Session
 
 from evaluator.errors import DatabaseError, DatabaseGone, DatabaseUnavailable, SchemaMissing, StoreWriteError
-from evaluator.evaluation import CheckpointKey, Evaluation, History, Status
+from evaluator.evaluation import EXAMPLES, MAX, MIN, CheckpointKey, Evaluation, History, Status
 from evaluator.options import DB_ENV
-from evaluator.schema import ClaimRow, EvaluationRow
+from evaluator.schema import ClaimRow, EvaluationRow, MetricRow
 
 #: How long a SQLite connection waits for another's lock before failing (seconds).
 SQLITE_BUSY_TIMEOUT = 15.0
 
-_FIELDS = [f.name for f in dataclasses.fields(Evaluation)]
+#: The Evaluation fields that are `evaluations` columns (metrics and goals live in `metrics`).
+_FIELDS = [f.name for f in dataclasses.fields(Evaluation) if f.name not in ("metrics", "goals")]
+#: Rows whose metrics are read in one query when a report streams.
+_METRICS_CHUNK = 500
 #: Words of a driver's error that say the database is busy or out of reach, not misconfigured.
 _TRANSIENT = ("locked", "busy", "could not connect", "connection refused", "server closed", "timeout",
               "timed out", "terminating connection", "connection reset", "the database system is")
@@ -358,7 +361,10 @@ class Store:
                 exists = session.scalar(select(EvaluationRow.id)
                                         .where(*_matches(EvaluationRow, evaluation.key)).limit(1))
                 if exists is None:
-                    session.execute(insert(EvaluationRow).values(**_row_fields(evaluation)))
+                    row_id = session.execute(insert(EvaluationRow).values(**_row_fields(evaluation))
+                                             .returning(EvaluationRow.id)).scalar_one()
+                    if evaluation.metrics:
+                        session.execute(insert(MetricRow), _metric_rows(row_id, evaluation))
                     inserted += 1
         self.check_identity()  # a file replaced during the write: that row went nowhere
         return inserted
@@ -371,10 +377,13 @@ class Store:
         if checkpoint is not None:
             conditions.append(EvaluationRow.checkpoint == checkpoint)
         with self._writing() as session:
-            rows = [_evaluation(row) for row in session.scalars(select(EvaluationRow).where(*conditions)
-                                                                 .order_by(EvaluationRow.step, EvaluationRow.id))]
+            found = list(session.scalars(select(EvaluationRow).where(*conditions)
+                                         .order_by(EvaluationRow.step, EvaluationRow.id)))
+            ids = [row.id for row in found]
+            for start in range(0, len(ids), _METRICS_CHUNK):
+                session.execute(delete(MetricRow).where(MetricRow.evaluation_id.in_(ids[start:start + _METRICS_CHUNK])))
             session.execute(delete(EvaluationRow).where(*conditions))
-        return rows
+        return [_evaluation(row) for row in found]
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
@@ -395,19 +404,23 @@ class Store:
 
     # -- the report -------------------------------------------------------------------------
 
-    def history(self, model_dir: str | None = None, last: int = 10) -> History:
-        """The `last` highest-step rows of each evaluation (or of `model_dir`'s), and each one's best."""
-        with self.streaming_history(model_dir, last) as history:
-            return History(rows=list(history.rows), best=history.best)
+    def history(self, model_dir: str | None = None, last: int = 10, best_by: str | None = None,
+                dataset: str | None = None) -> History:
+        """The `last` highest-step rows of each evaluation (or of `model_dir`'s), and each one's best
+        by `best_by` (default: accuracy, else loss) on `dataset` (default: the first set)."""
+        with self.streaming_history(model_dir, last, best_by, dataset) as history:
+            return dataclasses.replace(history, rows=list(history.rows))
 
     @contextmanager
-    def streaming_history(self, model_dir: str | None = None, last: int = 10) -> Iterator[History]:
+    def streaming_history(self, model_dir: str | None = None, last: int = 10, best_by: str | None = None,
+                          dataset: str | None = None) -> Iterator[History]:
         """Like `history`, with rows read from the database as they are consumed (JSON and CSV of
         any size in constant memory). Rows come per (model directory, name), oldest step first."""
         with self._reading() as session:
             groups = self._groups(session, model_dir)
-            best = {group: found for group in groups if (found := self._best(session, *group)) is not None}
-            yield History(rows=self._rows(session, groups, last), best=best)
+            best = {group: found for group in groups
+                    if (found := self._best(session, *group, best_by, dataset)) is not None}
+            yield History(rows=self._rows(session, groups, last), best=best, best_by=best_by, dataset=dataset)
 
     def _rows(self, session: Session, groups: list[tuple[str, str]], last: int) -> Iterator[Evaluation]:
         try:
@@ -418,22 +431,54 @@ class Store:
                           .limit(last).scalar_subquery())
                 stmt = (select(EvaluationRow).where(EvaluationRow.id.in_(recent))
                         .order_by(EvaluationRow.step.asc().nulls_first(), EvaluationRow.id.asc())
-                        .execution_options(yield_per=1000))
-                for row in session.scalars(stmt):
-                    yield _evaluation(row)
+                        .execution_options(yield_per=_METRICS_CHUNK))
+                for chunk in session.scalars(stmt).partitions():
+                    yield from self._with_metrics(session, chunk)
         except DBAPIError as err:
             raise DatabaseError(f"cannot read {self.url}: {_reason(err)}") from err
 
     @staticmethod
-    def _best(session: Session, model_dir: str, name: str) -> Evaluation | None:
-        top = session.scalars(
-            select(EvaluationRow)
-            .where(EvaluationRow.model_dir == model_dir, EvaluationRow.name == name,
-                   EvaluationRow.status == Status.OK.value, EvaluationRow.accuracy.is_not(None))
-            .order_by(EvaluationRow.accuracy.desc(), EvaluationRow.step.asc())
-            .limit(1)
-        ).first()
-        return None if top is None else _evaluation(top)
+    def _with_metrics(session: Session, rows: Iterable[EvaluationRow]) -> Iterator[Evaluation]:
+        rows = list(rows)
+        found: dict[int, list[MetricRow]] = {}
+        for metric in session.scalars(select(MetricRow).where(MetricRow.evaluation_id.in_([r.id for r in rows]))
+                                      .order_by(MetricRow.id)):
+            found.setdefault(metric.evaluation_id, []).append(metric)
+        for row in rows:
+            yield _evaluation(row, found.get(row.id, []))
+
+    def _best(self, session: Session, model_dir: str, name: str, best_by: str | None,
+              dataset: str | None) -> Evaluation | None:
+        """The evaluation's best ok row by a metric, in the metric's direction (lowest step on ties)."""
+        where = (EvaluationRow.model_dir == model_dir, EvaluationRow.name == name,
+                 EvaluationRow.status == Status.OK.value)
+        if dataset is None and best_by in (None, "accuracy", "loss"):  # the default set's columns, indexed
+            column = EvaluationRow.accuracy
+            if best_by == "loss" or (best_by is None and session.scalar(
+                    select(EvaluationRow.id).where(*where, column.is_not(None)).limit(1)) is None):
+                column = EvaluationRow.loss
+            order = column.asc() if column is EvaluationRow.loss else column.desc()
+            stmt = select(EvaluationRow).where(*where, column.is_not(None)).order_by(order, EvaluationRow.step.asc())
+        else:
+            dataset = dataset or self._default_set(session, model_dir, name)
+            metric = (MetricRow.evaluation_id == EvaluationRow.id, MetricRow.dataset == dataset,
+                      MetricRow.name == best_by)
+            goal = session.scalar(select(MetricRow.goal).join(EvaluationRow, metric[0]).where(*where, *metric[1:])
+                                  .limit(1))
+            if goal is None:
+                return None
+            order = MetricRow.value.asc() if goal == MIN else MetricRow.value.desc()
+            stmt = select(EvaluationRow).join(MetricRow, and_(*metric)).where(*where).order_by(order, EvaluationRow.step.asc())
+        top = session.scalars(stmt.limit(1)).first()
+        return None if top is None else next(self._with_metrics(session, [top]))
+
+    @staticmethod
+    def _default_set(session: Session, model_dir: str, name: str) -> str | None:
+        """The first validation set of the evaluation's newest row with metrics."""
+        return session.scalar(
+            select(MetricRow.dataset).join(EvaluationRow, MetricRow.evaluation_id == EvaluationRow.id)
+            .where(EvaluationRow.model_dir == model_dir, EvaluationRow.name == name)
+            .order_by(EvaluationRow.id.desc(), MetricRow.id.asc()).limit(1))
 
     @staticmethod
     def _groups(session: Session, model_dir: str | None) -> list[tuple[str, str]]:
@@ -534,11 +579,24 @@ def _row_fields(evaluation: Evaluation) -> dict[str, Any]:
     return fields
 
 
-def _evaluation(row: EvaluationRow) -> Evaluation:
-    fields = {name: getattr(row, name) for name in _FIELDS}
+def _evaluation(row: EvaluationRow, metrics: Iterable[MetricRow] = ()) -> Evaluation:
+    fields: dict[str, Any] = {name: getattr(row, name) for name in _FIELDS}
     fields["status"] = Status(row.status)
     fields["settings"] = json.loads(row.settings) if row.settings else None
-    return Evaluation(**fields)
+    values: dict[str, dict[str, float]] = {}
+    goals: dict[str, str] = {}
+    for metric in metrics:
+        values.setdefault(metric.dataset, {})[metric.name] = int(metric.value) if metric.name == EXAMPLES else metric.value
+        if metric.goal is not None:
+            goals[metric.name] = metric.goal
+    return Evaluation(**fields, metrics=values or None, goals=goals or None)
+
+
+def _metric_rows(evaluation_id: int, evaluation: Evaluation) -> list[dict[str, Any]]:
+    goals = evaluation.goals or {}
+    return [{"evaluation_id": evaluation_id, "dataset": dataset, "name": name, "value": float(value),
+             "goal": None if name == EXAMPLES else goals.get(name, MAX)}
+            for dataset, values in (evaluation.metrics or {}).items() for name, value in values.items()]
 
 
 def _matches(table: Any, key: CheckpointKey) -> tuple[Any, ...]:

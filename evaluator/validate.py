@@ -1,179 +1,162 @@
-"""One pass over the validation set in the evaluation graph: top-1 accuracy and mean cross-entropy.
+"""Graph tasks' validation: one pass over every validation set in the evaluation graph.
 
-The metric ops are built once, on the task's logits. Numpy data is fed in batches through
-placeholders; a tf.data.Dataset is read through an initializable iterator, re-initialized for
-every checkpoint. Sums are taken in float64 and divided once, so the figures equal an
-independent computation over the same predictions.
+The input is one reinitializable iterator that every set feeds (numpy arrays through placeholders,
+Datasets as they are), so the task's inference and the metric tensors are built once whatever
+the number of sets. A checkpoint's pass re-initializes the iterator for each set in turn; the
+metrics' per-batch statistics are added up on the host (metrics.Totals), and tf.compat.v1.metrics-
+style streaming metrics are reset per set.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
-from evaluator.evaluation import Metrics
+from evaluator import data, metrics
 from evaluator.errors import Abandoned, CheckpointError, EvaluationFault, TaskError, first_line
-from evaluator.task import Task
+from evaluator.evaluation import Metrics
 
 #: Called after each batch with the number of examples done so far; may raise Abandoned.
 Progress = Callable[[int], None]
 DEFAULT_BATCH_SIZE = 1024
+_CPU = "/device:CPU:0"
 
 
-class _ArrayInput:
-    """Numpy (features, labels), fed batch by batch through placeholders."""
+class _Inputs:
+    """One iterator over every set: `features` and `labels` tensors, and each set's initializer."""
 
-    def __init__(self, features: Any, labels: Any, batch_size: int) -> None:
-        self._features, self._labels = _check_arrays(features, labels)
-        self._batch_size = batch_size
-        self.features = tf.compat.v1.placeholder(
-            self._features.dtype, [None, *self._features.shape[1:]], name="features"
-        )
-        self.labels = tf.compat.v1.placeholder(tf.int64, [None], name="labels")
+    def __init__(self, sets: data.ValidationSets, batch_size: int) -> None:
+        with tf.device(_CPU):
+            datasets = [self._dataset(s, batch_size) for s in sets.sets]
+            types, shapes = _structure([dataset for dataset, _ in datasets], sets)
+            iterator = tf.compat.v1.data.Iterator.from_structure(types, shapes)
+            self.initializers = [(iterator.make_initializer(dataset), feed) for dataset, feed in datasets]
+            self.features, self.labels = iterator.get_next()
 
-    @property
-    def size(self) -> int | None:
-        return len(self._labels)
-
-    def feeds(self, session: tf.compat.v1.Session) -> Iterator[dict[Any, Any]]:
-        for start in range(0, len(self._labels), self._batch_size):
-            end = start + self._batch_size
-            yield {self.features: self._features[start:end], self.labels: self._labels[start:end]}
-
-
-class _DatasetInput:
-    """A tf.data.Dataset of (features, labels) batches, read through an initializable iterator."""
-
-    def __init__(self, dataset: tf.data.Dataset) -> None:
-        self._iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
-        element = self._iterator.get_next()
-        if not isinstance(element, (tuple, list)) or len(element) != 2:
-            raise TaskError("validation_data(): the Dataset must yield (features, labels) batches")
-        self.features, labels = element
-        if labels.shape.rank == 2:  # one-hot
-            labels = tf.argmax(labels, axis=1)
-        self.labels = tf.cast(labels, tf.int64)
-
-    @property
-    def size(self) -> int | None:
-        return None
-
-    def feeds(self, session: tf.compat.v1.Session) -> Iterator[dict[Any, Any]]:
-        session.run(self._iterator.initializer)
-        while True:  # ends when session.run raises OutOfRangeError
-            yield {}
+    @staticmethod
+    def _dataset(validation: data.ValidationSet, batch_size: int) -> tuple[tf.data.Dataset, dict[Any, Any]]:
+        if validation.arrays is None:
+            return validation.dataset, {}  # type: ignore[return-value]
+        features, labels = validation.arrays
+        x = tf.compat.v1.placeholder(features.dtype, [None, *features.shape[1:]], name="features")
+        y = tf.compat.v1.placeholder(labels.dtype, [None], name="labels")
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size), {x: features, y: labels}
 
 
 class Validator:
-    """The metric ops on the task's logits; call inside the evaluation graph (and device scope)."""
+    """The task's inference and the metrics on it; build inside the evaluation graph (and device scope)."""
 
-    def __init__(self, task: Task, *, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, task: Any, *, batch_size: int = DEFAULT_BATCH_SIZE, extra_metrics: tuple[str, ...] = ()) -> None:
+        self.sets = data.load(task)
+        self._inputs = _Inputs(self.sets, batch_size)
         try:
-            data = task.validation_data()
-        except Exception as err:
-            raise TaskError(f"validation_data() failed: {type(err).__name__}: {err}") from err
-        self._input = _make_input(data, batch_size)
-        try:
-            logits = task.inference(self._input.features)
+            logits = task.inference(self._inputs.features)
         except Exception as err:
             raise TaskError(f"inference() failed to build the graph: {type(err).__name__}: {err}") from err
-        logits = _check_logits(logits)
-        labels = self._input.labels
-        predictions = tf.argmax(logits, axis=1, output_type=tf.int64)
-        self._correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.int64))
-        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        self._loss_sum = tf.reduce_sum(tf.cast(cross_entropy, tf.float64))
-        self._count = tf.size(labels, out_type=tf.int64)
+        logits = _check_logits(logits, self.sets.problem)
+        problem = metrics.Problem(self.sets.problem, _classes(logits, self.sets.problem),
+                                  bool(getattr(task, "from_logits", True)))
+        self.suite = metrics.suite(task, problem, extra_metrics, streaming_kind="graph")
+        graph = tf.compat.v1.get_default_graph()
+        before = set(graph.get_collection(tf.compat.v1.GraphKeys.LOCAL_VARIABLES))
+        self._statistics = self.suite.statistics(self._inputs.labels, logits)
+        created = [v for v in graph.get_collection(tf.compat.v1.GraphKeys.LOCAL_VARIABLES) if v not in before]
+        self._reset = tf.compat.v1.variables_initializer(created) if created else None
+        self._updates = {name: s.obj[1] for name, s in self.suite.streaming.items()}
+        self._values = {name: s.obj[0] for name, s in self.suite.streaming.items()}
 
     @property
     def examples(self) -> int | None:
-        """The validation set's size when known before a pass (numpy data)."""
-        return self._input.size
+        """Examples per pass, when known before one (numpy data)."""
+        sizes = [s.size for s in self.sets.sets]
+        return None if None in sizes else sum(sizes)  # type: ignore[arg-type]
 
     def run(self, session: tf.compat.v1.Session, progress: Progress | None = None) -> Metrics:
-        """One pass over the validation set with the variables as they are in `session`.
+        """One pass over every set with the variables as they are in `session`.
 
         The checkpoint was restored already, so what fails here is the task's or the machine's
         doing (EvaluationFault), except results that are not finite (CheckpointError: the weights).
         """
+        start = time.perf_counter()
         try:
-            metrics = self._run(session, progress)
+            values, counts = self._run(session, progress)
         except (Abandoned, EvaluationFault):
             raise
         except Exception as err:
             raise EvaluationFault(f"validation failed: {type(err).__name__}: {first_line(err)}") from err
-        if not math.isfinite(metrics.loss):
-            raise CheckpointError(
-                f"the loss is not finite ({metrics.loss}): the weights (or the validation data) hold NaN or "
-                "infinity; diverged training?"
-            )
-        return metrics
+        values, warnings = metrics.settle(values)
+        return Metrics(values=values, counts=counts, seconds=time.perf_counter() - start,
+                       goals=self.suite.goals, warnings=warnings)
 
-    def _run(self, session: tf.compat.v1.Session, progress: Progress | None) -> Metrics:
-        start = time.perf_counter()
-        correct, loss_sum, count = 0, 0.0, 0
-        fetches = (self._correct, self._loss_sum, self._count)
-        for feed in self._input.feeds(session):
-            try:
-                batch_correct, batch_loss, batch_count = session.run(fetches, feed_dict=feed)
-            except tf.errors.OutOfRangeError:
-                break
-            correct += int(batch_correct)
-            loss_sum += float(batch_loss)
-            count += int(batch_count)
-            if progress is not None:
-                progress(count)
-        if count == 0:
-            raise EvaluationFault("the validation data produced no examples: check validation_data()")
-        return Metrics(
-            accuracy=correct / count,
-            loss=loss_sum / count,
-            examples=count,
-            seconds=time.perf_counter() - start,
-        )
-
-
-def _make_input(data: Any, batch_size: int) -> _ArrayInput | _DatasetInput:
-    if isinstance(data, tf.data.Dataset):
-        return _DatasetInput(data)
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return _ArrayInput(data[0], data[1], batch_size)
-    raise TaskError(
-        "validation_data() must return (features, labels) numpy arrays or a tf.data.Dataset, "
-        f"not {type(data).__name__}"
-    )
+    def _run(self, session: tf.compat.v1.Session,
+             progress: Progress | None) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+        values: dict[str, dict[str, float]] = {}
+        counts: dict[str, int] = {}
+        done = 0
+        fetches = {"statistics": self._statistics, "updates": self._updates}
+        for validation, (initializer, feed) in zip(self.sets.sets, self._inputs.initializers):
+            session.run(initializer, feed_dict=feed)
+            if self._reset is not None:
+                session.run(self._reset)
+            totals = self.suite.totals()
+            while True:
+                try:
+                    batch = session.run(fetches)
+                except tf.errors.OutOfRangeError:
+                    break
+                totals.add(batch["statistics"])
+                if progress is not None:
+                    progress(done + totals.examples)
+            if totals.examples == 0:
+                raise EvaluationFault(f"validation set {validation.name!r} produced no examples: check "
+                                      "validation_data()")
+            done += totals.examples
+            values[validation.name] = {**totals.values(),
+                                       **{n: float(v) for n, v in session.run(self._values).items()}}
+            counts[validation.name] = totals.examples
+        return values, counts
 
 
-def _check_arrays(features: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    features = np.asarray(features)
-    labels = np.asarray(labels)
-    if features.dtype == np.float64:  # like Keras: numpy's default float becomes float32
-        features = features.astype(np.float32)
-    if labels.ndim == 2:  # one-hot
-        labels = labels.argmax(axis=1)
-    if labels.ndim != 1:
-        raise TaskError(f"validation_data(): labels must have shape [N] or [N, classes], not {list(labels.shape)}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TaskError(f"validation_data(): labels must be integer class indices, not {labels.dtype}")
-    if features.ndim < 1 or len(features) != len(labels):
-        raise TaskError(
-            f"validation_data(): {len(features) if features.ndim else 0} features but {len(labels)} labels"
-        )
-    if len(labels) == 0:
-        raise TaskError("validation_data(): the validation set is empty")
-    return features, labels.astype(np.int64)
+def _structure(datasets: list[tf.data.Dataset], sets: data.ValidationSets) -> tuple[Any, Any]:
+    """The iterator's types and the shapes every set fits."""
+    specs = [dataset.element_spec for dataset in datasets]
+    feature_types = {spec[0].dtype for spec in specs}
+    if len(feature_types) > 1:
+        raise TaskError(f"validation sets {sets.names} have features of different types "
+                        f"({', '.join(sorted(t.name for t in feature_types))}): give one type")
+    shapes = [spec[0].shape for spec in specs]
+    features = shapes[0]
+    for shape in shapes[1:]:
+        features = features.most_specific_compatible_shape(shape)
+    labels = tf.TensorShape([None])
+    return (specs[0][0].dtype, specs[0][1].dtype), (features, labels)
 
 
-def _check_logits(logits: Any) -> tf.Tensor:
+def _classes(outputs: tf.Tensor, problem: str) -> int | None:
+    if problem == metrics.REGRESSION or outputs.shape.rank != 2:
+        return None
+    return outputs.shape[1]
+
+
+def _check_logits(logits: Any, problem: str) -> tf.Tensor:
     if not isinstance(logits, tf.Tensor):
-        raise TaskError(f"inference() must return a logits tensor, not {type(logits).__name__}")
-    if logits.shape.rank is not None and logits.shape.rank != 2:
-        raise TaskError(f"inference() must return logits of shape [batch, classes], not {logits.shape}")
-    if not logits.dtype.is_floating:
-        raise TaskError(f"inference() must return floating-point logits, not {logits.dtype.name}")
+        raise TaskError(f"inference() must return a tensor of outputs, not {type(logits).__name__}")
+    check_outputs(logits.shape, logits.dtype, problem, "inference()")
     return logits
+
+
+def check_outputs(shape: tf.TensorShape, dtype: tf.DType, problem: str, who: str) -> None:
+    """TaskError unless the outputs fit the problem: [batch, classes] logits, or a regression's
+    [batch] / [batch, 1] values, floating point."""
+    if problem == metrics.REGRESSION:
+        if shape.rank is not None and not (shape.rank == 1 or (shape.rank == 2 and shape[1] in (1, None))):
+            raise TaskError(f"{who} returns {shape} outputs, but the labels are floating-point values, one per "
+                            "example, which makes this a regression (one output per example): give class labels as "
+                            "integers (or one-hot rows), or set the task's problem = 'classification'")
+    elif shape.rank is not None and shape.rank != 2:
+        raise TaskError(f"{who} must return logits of shape [batch, classes], not {shape}")
+    if not tf.as_dtype(dtype).is_floating:
+        raise TaskError(f"{who} must return floating-point outputs, not {tf.as_dtype(dtype).name}")

@@ -122,11 +122,11 @@ def test_gpu_requested_on_a_machine_without_one(trained_dir: Path, db: Path) -> 
 def test_db_upgrade_and_current(db: Path) -> None:
     url = sqlite_url(db)
     first = run_cli("db", "upgrade", "--db", url)
-    assert first.returncode == 0 and "schema at revision 0004 (upgraded from an empty database)" in first.stdout
+    assert first.returncode == 0 and "schema at revision 0005 (upgraded from an empty database)" in first.stdout
     again = run_cli("db", "upgrade", "--db", url)
     assert "already up to date" in again.stdout
     current = run_cli("db", "current", "--db", url)
-    assert current.returncode == 0 and "revision 0004, up to date" in current.stdout
+    assert current.returncode == 0 and "revision 0005, up to date" in current.stdout
 
 
 def test_db_url_from_the_environment(db: Path) -> None:

@@ -118,7 +118,7 @@ def test_one_hot_float64_labels_and_features(tmp_path: Path, trained_dir: Path) 
     ("return 42", "must return \\(features, labels\\) numpy arrays or a tf.data.Dataset, not int"),
     ("return np.zeros((3, 64)), np.zeros(4, dtype=np.int64)", "3 features but 4 labels"),
     ("return np.zeros((0, 64)), np.zeros(0, dtype=np.int64)", "the validation set is empty"),
-    ("return np.zeros((3, 64)), np.array([0.5, 1, 2])", "labels must be integer class indices"),
+    ("return np.zeros((3, 64)), np.array([0.5, 1, 2])", "which makes this a regression"),
     ("raise OSError('validation shard not found')", "validation_data\\(\\) failed: OSError: validation shard not found"),
 ])
 def test_bad_validation_data_is_a_task_error(tmp_path: Path, validation: str, message: str) -> None:

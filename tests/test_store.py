@@ -34,9 +34,9 @@ def store(db: Path) -> Store:
 
 
 def test_upgrade_creates_the_schema_and_is_idempotent(store: Store) -> None:
-    assert store.revision() == Store.head_revision() == "0004"
+    assert store.revision() == Store.head_revision() == "0005"
     store.upgrade()
-    assert store.revision() == "0004"
+    assert store.revision() == "0005"
 
 
 def test_sqlite_runs_in_wal_mode(store: Store, db: Path) -> None:

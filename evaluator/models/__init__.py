@@ -18,6 +18,8 @@ from evaluator.checkpoints import EMA_NAME, Checkpoint
 from evaluator.evaluation import Metrics
 
 if TYPE_CHECKING:  # pragma: no cover
+    from evaluator.data import ValidationSets
+    from evaluator.metrics import Suite
     from evaluator.validate import Progress
 
 DEFAULT_BATCH_SIZE = 1024
@@ -49,6 +51,13 @@ class EvalModel(Protocol):
     @property
     def examples(self) -> int | None: ...
 
+    #: The metrics computed on every set, and the sets.
+    @property
+    def suite(self) -> Suite: ...
+
+    @property
+    def sets(self) -> ValidationSets: ...
+
     def evaluate(self, checkpoint: Checkpoint, progress: Progress | None = None) -> Outcome: ...
 
     def describe(self) -> dict[str, Any]: ...
@@ -57,14 +66,20 @@ class EvalModel(Protocol):
 
 
 def build(task: Any, *, device: str = "auto", ema: bool = True, ema_name: str = EMA_NAME,
-          batch_size: int = DEFAULT_BATCH_SIZE) -> EvalModel:
-    """Build the evaluation model for `task`'s kind, once per process."""
+          batch_size: int = DEFAULT_BATCH_SIZE, metrics: tuple[str, ...] = ()) -> EvalModel:
+    """Build the evaluation model for `task`'s kind, once per process; `metrics` are built-in
+    metric names computed besides the defaults and the task's own."""
     from evaluator.task import task_kind
 
+    kind: Any
     if task_kind(task) == "keras":
-        from evaluator.models.keras import KerasModel
+        from evaluator.models.keras import KerasModel as kind
+    else:
+        from evaluator.models.graph import GraphModel as kind
+    return kind.build(task, device=device, ema=ema, ema_name=ema_name, batch_size=batch_size, metrics=metrics)
 
-        return KerasModel.build(task, device=device, ema=ema, ema_name=ema_name, batch_size=batch_size)
-    from evaluator.models.graph import GraphModel
 
-    return GraphModel.build(task, device=device, ema=ema, ema_name=ema_name, batch_size=batch_size)
+def describe_metrics(model: EvalModel) -> dict[str, Any]:
+    """What the start-up log says of a model's sets and metrics."""
+    return {"examples": model.examples, "problem": model.sets.problem, "validation_sets": model.sets.names,
+            "metrics": {name: goal for name, goal in model.suite.goals.items()}}

@@ -8,7 +8,9 @@ import tensorflow as tf
 
 from evaluator.checkpoints import EMA_NAME, Checkpoint
 from evaluator.evaluation import NO_EMA
-from evaluator.models import Outcome
+from evaluator.data import ValidationSets
+from evaluator.metrics import Suite
+from evaluator.models import Outcome, describe_metrics
 from evaluator.models.device import Placement, select_device
 from evaluator.restore import Restorer
 from evaluator.task import Task
@@ -31,14 +33,14 @@ class GraphModel:
         self.placement = placement
 
     @classmethod
-    def build(cls, task: Task, *, device: str = "auto", ema: bool = True,
-              ema_name: str = EMA_NAME, batch_size: int = DEFAULT_BATCH_SIZE) -> GraphModel:
+    def build(cls, task: Task, *, device: str = "auto", ema: bool = True, ema_name: str = EMA_NAME,
+              batch_size: int = DEFAULT_BATCH_SIZE, metrics: tuple[str, ...] = ()) -> GraphModel:
         """Build the graph once: the task's inference on the validation input, metrics, the EMA map."""
         placement = select_device(device)
         graph = tf.Graph()
         with graph.as_default():
             with tf.device(placement.tf_device):
-                validator = Validator(task, batch_size=batch_size)
+                validator = Validator(task, batch_size=batch_size, extra_metrics=metrics)
             restorer = Restorer(graph, ema=ema, ema_name=ema_name)
         session = tf.compat.v1.Session(graph=graph, config=placement.config)
         return cls(graph, session, restorer, validator, placement)
@@ -57,14 +59,22 @@ class GraphModel:
         info = self.restorer.restore(self.session, checkpoint)
         metrics = self.validator.run(self.session, progress)
         return Outcome(step=info.step, ema_source="tf1-names" if info.ema else NO_EMA,
-                       restore_seconds=info.seconds, metrics=metrics)
+                       restore_seconds=info.seconds, metrics=metrics, warnings=metrics.warnings)
 
     @property
     def examples(self) -> int | None:
         return self.validator.examples
 
+    @property
+    def suite(self) -> Suite:
+        return self.validator.suite
+
+    @property
+    def sets(self) -> ValidationSets:
+        return self.validator.sets
+
     def describe(self) -> dict[str, object]:
-        return {"kind": self.kind, "device": self.device, "operations": self.operations, "examples": self.examples}
+        return {"kind": self.kind, "device": self.device, "operations": self.operations, **describe_metrics(self)}
 
     def close(self) -> None:
         self.session.close()

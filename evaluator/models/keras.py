@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
 
-from evaluator import checkpoints
+from evaluator import checkpoints, data, metrics
 from evaluator.checkpoints import EMA_NAME, Checkpoint
 from evaluator.errors import (
     Abandoned,
@@ -43,10 +43,12 @@ from evaluator.errors import (
     first_line,
 )
 from evaluator.evaluation import NO_EMA, Metrics
-from evaluator.models import DEFAULT_BATCH_SIZE, Outcome
+from evaluator.metrics import CLASSIFICATION, Problem, settle
+from evaluator.metrics import suite as metric_suite
+from evaluator.models import DEFAULT_BATCH_SIZE, Outcome, describe_metrics
 from evaluator.models.device import Placement, select_device
 from evaluator.restore import OBJECT_GRAPH_KEY, READ_ERRORS, read_error
-from evaluator.validate import Progress, _check_arrays
+from evaluator.validate import Progress, check_outputs
 
 #: The attribute under which a trackable variable's value is saved.
 VALUE = "VARIABLE_VALUE"
@@ -119,41 +121,26 @@ class _Graph:
 
 
 class _Batches:
-    """The validation set, as batches ready for the forward pass (placed once on the device)."""
+    """One validation set as batches ready for the forward pass (numpy data placed once on the device)."""
 
-    def __init__(self, data: Any, batch_size: int) -> None:
-        if isinstance(data, tf.data.Dataset):
-            self.dataset: tf.data.Dataset | None = data
-            self.fixed: list[tuple[tf.Tensor, tf.Tensor]] = []
-            spec = data.element_spec
-            if not isinstance(spec, (tuple, list)) or len(spec) != 2:
-                raise TaskError("validation_data(): the Dataset must yield (features, labels) batches")
-            self.feature_spec = tf.TensorSpec([None, *spec[0].shape[1:]], spec[0].dtype)
-            self.size: int | None = None
-        elif isinstance(data, (tuple, list)) and len(data) == 2:
-            features, labels = _check_arrays(data[0], data[1])
-            self.dataset = None
+    def __init__(self, validation: data.ValidationSet, batch_size: int) -> None:
+        self.name = validation.name
+        self.dataset = validation.dataset
+        self.size = validation.size
+        self.signature = (validation.feature_spec, validation.label_spec)
+        self.fixed: list[tuple[tf.Tensor, tf.Tensor]] = []
+        if validation.arrays is not None:
+            features, labels = validation.arrays
             self.fixed = [(tf.constant(features[i:i + batch_size]), tf.constant(labels[i:i + batch_size]))
                           for i in range(0, len(labels), batch_size)]
-            self.feature_spec = tf.TensorSpec([None, *features.shape[1:]], tf.as_dtype(features.dtype))
-            self.size = len(labels)
-        else:
-            raise TaskError("validation_data() must return (features, labels) numpy arrays or a tf.data.Dataset, "
-                            f"not {type(data).__name__}")
 
     def __iter__(self) -> Any:
-        if self.dataset is None:
-            yield from self.fixed
-            return
-        for features, labels in self.dataset:
-            if labels.shape.rank == 2:  # one-hot
-                labels = tf.argmax(labels, axis=1)
-            yield features, tf.cast(labels, tf.int64)
+        return iter(self.fixed) if self.dataset is None else iter(self.dataset)
 
     def first(self) -> tf.Tensor:
         for features, _ in self:
             return features
-        raise TaskError("validation_data() produced no batches")
+        raise TaskError(f"validation set {self.name!r} produced no batches")
 
 
 class KerasModel:
@@ -162,41 +149,52 @@ class KerasModel:
     kind = "keras"
     reads_weight_files = True
 
-    def __init__(self, task: Any, model: Any, batches: _Batches, placement: Placement, *, ema: bool,
-                 ema_name: str) -> None:
+    def __init__(self, task: Any, model: Any, sets: data.ValidationSets, batches: list[_Batches],
+                 suite: metrics.Suite, placement: Placement, *, ema: bool, ema_name: str) -> None:
         self.model = model
+        self.sets = sets
         self.batches = batches
+        self.suite = suite
         self.placement = placement
         self.ema = ema
         self.ema_name = ema_name
         self.root = str(getattr(task, "checkpoint_root", "model") or "model")
-        self.from_logits = bool(getattr(task, "from_logits", True))
         self.variables: list[Any] = list(model.variables)
         if not self.variables:
             raise TaskError("model() has no variables: there is nothing to restore")
         self._plans: dict[bytes, _Plan] = {}
-        #: How many times the forward pass was traced: once per run (tests count it).
+        #: How many times the forward pass was traced: once per input signature (tests count it).
         self.traces = 0
         self._training_kwarg = _accepts_training(model)
-        self._sums = tf.function(self._batch_sums, reduce_retracing=True,
-                                 input_signature=[batches.feature_spec, tf.TensorSpec([None], tf.int64)])
+        self._steps: dict[Any, Any] = {}
+        for batches in self.batches:
+            if batches.signature not in self._steps:
+                step = tf.function(self._batch_statistics, input_signature=list(batches.signature))
+                _task_trace(step)
+                self._steps[batches.signature] = step
+        _check_streaming(suite)
 
     @classmethod
     def build(cls, task: Any, *, device: str = "auto", ema: bool = True, ema_name: str = EMA_NAME,
-              batch_size: int = DEFAULT_BATCH_SIZE) -> KerasModel:
+              batch_size: int = DEFAULT_BATCH_SIZE, metrics: tuple[str, ...] = ()) -> KerasModel:
         """Build the model once, on the device, and call it once so every variable exists."""
         placement = select_device(device)
         with tf.device(placement.tf_device):
             model = _task_call(task.model, "model()")
-            batches = _Batches(_task_call(task.validation_data, "validation_data()"), batch_size)
+            sets = data.load(task)
+            batches = [_Batches(validation, batch_size) for validation in sets.sets]
             try:
-                _forward(model, batches.first(), _accepts_training(model))
+                outputs = _forward(model, batches[0].first(), _accepts_training(model))
             except TaskError:
                 raise
             except Exception as err:
                 raise TaskError(f"calling the model on the validation features failed: {type(err).__name__}: "
                                 f"{first_line(err)}") from err
-            return cls(task, model, batches, placement, ema=ema, ema_name=ema_name)
+            check_outputs(outputs.shape, outputs.dtype, sets.problem, "the model")
+            classes = outputs.shape[1] if sets.problem == CLASSIFICATION else None
+            problem = Problem(sets.problem, classes, bool(getattr(task, "from_logits", True)))
+            suite = metric_suite(task, problem, metrics, streaming_kind="keras")
+            return cls(task, model, sets, batches, suite, placement, ema=ema, ema_name=ema_name)
 
     # -- the interface the service calls --------------------------------------------------------
 
@@ -206,11 +204,12 @@ class KerasModel:
 
     @property
     def examples(self) -> int | None:
-        return self.batches.size
+        sizes = [batches.size for batches in self.batches]
+        return None if None in sizes else sum(sizes)  # type: ignore[arg-type]
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "device": self.device, "variables": len(self.variables),
-                "parameters": int(sum(np.prod(v.shape) for v in self.variables)), "examples": self.examples}
+                "parameters": int(sum(np.prod(v.shape) for v in self.variables)), **describe_metrics(self)}
 
     def close(self) -> None:
         pass
@@ -224,9 +223,9 @@ class KerasModel:
             else:
                 step, source, warnings = self._restore(checkpoint)
             restored = time.perf_counter() - start
-            metrics = self._validate(progress)
-        return Outcome(step=step, ema_source=source, restore_seconds=restored, metrics=metrics,
-                       warnings=warnings)
+            found = self._validate(progress)
+        return Outcome(step=step, ema_source=source, restore_seconds=restored, metrics=found,
+                       warnings=warnings + found.warnings)
 
     # -- restoring --------------------------------------------------------------------------------
 
@@ -239,11 +238,11 @@ class KerasModel:
                 raise CheckpointError(
                     f"{checkpoint.name} is a name-based checkpoint (tf.compat.v1 Saver), without an object "
                     "graph: evaluate it with a graph task (inference(features) -> logits)")
-            data = reader.get_tensor(OBJECT_GRAPH_KEY)
-            plan = self._plans.get(data)
+            graph_bytes = reader.get_tensor(OBJECT_GRAPH_KEY)
+            plan = self._plans.get(graph_bytes)
             if plan is None:
-                plan = self._plan(_Graph.parse(data))
-                self._plans = {data: plan}  # one layout per run, normally; never grows
+                plan = self._plan(_Graph.parse(graph_bytes))
+                self._plans = {graph_bytes: plan}  # one layout per run, normally; never grows
             self._check_shapes(plan, shapes, dtypes)
             values = tf.raw_ops.RestoreV2(prefix=checkpoint.path, tensor_names=plan.keys,
                                           shape_and_slices=[""] * len(plan.keys),
@@ -319,40 +318,44 @@ class KerasModel:
 
     # -- validating -------------------------------------------------------------------------------
 
-    def _batch_sums(self, features: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def _batch_statistics(self, features: tf.Tensor, labels: tf.Tensor) -> dict[str, tf.Tensor]:
+        """One batch: the forward pass, every reduced metric's statistics, the streaming updates."""
         self.traces += 1  # runs when traced only
         outputs = _forward(self.model, features, self._training_kwarg)
-        predictions = tf.argmax(outputs, axis=1, output_type=tf.int64)
-        correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.int64))
-        if self.from_logits:
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs)
-        else:
-            picked = tf.gather(outputs, labels, axis=1, batch_dims=1)
-            losses = -tf.math.log(tf.clip_by_value(picked, 1e-7, 1.0))
-        return correct, tf.reduce_sum(tf.cast(losses, tf.float64)), tf.size(labels, out_type=tf.int64)
+        found = self.suite.statistics(labels, outputs)
+        for streaming in self.suite.streaming.values():
+            streaming.obj.update_state(labels, outputs)
+        return found
 
     def _validate(self, progress: Progress | None) -> Metrics:
         start = time.perf_counter()
-        correct, loss_sum, count = 0, 0.0, 0
+        values: dict[str, dict[str, float]] = {}
+        counts: dict[str, int] = {}
+        done = 0
         try:
-            for features, labels in self.batches:
-                batch_correct, batch_loss, batch_count = self._sums(features, labels)
-                correct += int(batch_correct)
-                loss_sum += float(batch_loss)
-                count += int(batch_count)
-                if progress is not None:
-                    progress(count)
-        except (Abandoned, TaskError):
+            for batches in self.batches:
+                step = self._steps[batches.signature]
+                for streaming in self.suite.streaming.values():
+                    streaming.obj.reset_state()
+                totals = self.suite.totals()
+                for features, labels in batches:
+                    totals.add({key: value.numpy() for key, value in step(features, labels).items()})
+                    if progress is not None:
+                        progress(done + totals.examples)
+                if totals.examples == 0:
+                    raise EvaluationFault(f"validation set {batches.name!r} produced no examples: check "
+                                          "validation_data()")
+                done += totals.examples
+                values[batches.name] = {**totals.values(), **{name: _result(streaming) for name, streaming
+                                                              in self.suite.streaming.items()}}
+                counts[batches.name] = totals.examples
+        except (Abandoned, TaskError, EvaluationFault):
             raise
         except Exception as err:
             raise EvaluationFault(f"validation failed: {type(err).__name__}: {first_line(err)}") from err
-        if count == 0:
-            raise EvaluationFault("the validation data produced no examples: check validation_data()")
-        loss = loss_sum / count
-        if not np.isfinite(loss):
-            raise CheckpointError(f"the loss is not finite ({loss}): the weights (or the validation data) hold NaN "
-                                  "or infinity; diverged training?")
-        return Metrics(accuracy=correct / count, loss=loss, examples=count, seconds=time.perf_counter() - start)
+        values, warnings = settle(values)
+        return Metrics(values=values, counts=counts, seconds=time.perf_counter() - start, goals=self.suite.goals,
+                       warnings=warnings)
 
 
 # -- object matching ------------------------------------------------------------------------------
@@ -456,9 +459,7 @@ def _scalar(reader: Any, key: str | None) -> int | None:
 def _forward(model: Any, features: tf.Tensor, training_kwarg: bool) -> tf.Tensor:
     outputs = model(features, training=False) if training_kwarg else model(features)
     if isinstance(outputs, (list, tuple)) or not hasattr(outputs, "shape"):
-        raise TaskError(f"the model must return one tensor of logits [batch, classes], not {type(outputs).__name__}")
-    if outputs.shape.rank is not None and outputs.shape.rank != 2:
-        raise TaskError(f"the model must return logits of shape [batch, classes], not {outputs.shape}")
+        raise TaskError(f"the model must return one tensor of outputs, not {type(outputs).__name__}")
     return outputs
 
 
@@ -468,6 +469,35 @@ def _accepts_training(model: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return "training" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def _task_trace(step: Any) -> None:
+    """Trace the batch function now, so a task metric that cannot work says so at start-up."""
+    try:
+        step.get_concrete_function()
+    except TaskError:
+        raise
+    except Exception as err:
+        raise TaskError(f"the model or a metric fails on the validation batches: {type(err).__name__}: "
+                        f"{first_line(err)}") from err
+
+
+def _check_streaming(suite: metrics.Suite) -> None:
+    """Each streaming metric's result() must be one number (checked once, before any checkpoint)."""
+    for streaming in suite.streaming.values():
+        try:
+            _result(streaming)
+            streaming.obj.reset_state()
+        except Exception as err:
+            raise TaskError(f"metric {streaming.name!r}: result() must be one number: {type(err).__name__}: "
+                            f"{first_line(err)}") from err
+
+
+def _result(streaming: metrics.Streaming) -> float:
+    value = np.asarray(streaming.obj.result())
+    if value.size != 1:
+        raise TaskError(f"metric {streaming.name!r}: result() has shape {list(value.shape)}, not one number")
+    return float(value.reshape(()))
 
 
 def _task_call(method: Any, what: str) -> Any:
