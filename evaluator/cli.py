@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import click
@@ -184,17 +185,30 @@ def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, name: 
 @db_option
 @click.option("--format", "fmt", type=click.Choice(REPORT_FORMATS), default="table",
               show_default=True, help="table for people; json and csv for scripts.")
-def report(last: int, model_dir: str | None, db_url: str | None, fmt: str) -> int:
-    """Show the most recent evaluations, by step, the best accuracy marked.
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="A metric to show as a column (repeatable), e.g. top_k_accuracy:5. Default: the "
+                   "set's metrics (table); CSV adds the columns; JSON always has every metric.")
+@click.option("--dataset", metavar="NAME",
+              help="The validation set whose metrics the columns show and the best is chosen on. "
+                   "Default: the task's first (or only) set.")
+@click.option("--best-by", metavar="NAME",
+              help="The metric the best row is chosen by, in its direction (accuracy and the like: "
+                   "highest; loss and errors: lowest, as recorded). Default: accuracy, else loss.")
+def report(last: int, model_dir: str | None, db_url: str | None, fmt: str, metrics: tuple[str, ...],
+           dataset: str | None, best_by: str | None) -> int:
+    """Show the most recent evaluations, by step, the best row marked.
 
     JSON is a list of objects with model_dir, name, checkpoint, fingerprint, step, status,
-    accuracy, loss, examples, ema, best, timings (restore_seconds, eval_seconds) and ISO 8601 UTC
-    times (detected_at, started_at, evaluated_at). JSON and CSV are written as rows are read.
+    accuracy, loss, examples (of the first validation set), metrics ({set: {metric: value,
+    examples}}), ema, best, timings (restore_seconds, eval_seconds) and ISO 8601 UTC times
+    (detected_at, started_at, evaluated_at). JSON and CSV are written as rows are read.
 
     \b
     Examples:
       evaluator report --last 10
-      evaluator report --model-dir ./model_dir --format json | jq '.[-1].accuracy'
+      evaluator report --metric top_k_accuracy:5 --metric loss --dataset shifted
+      evaluator report --best-by f1 --format csv
+      evaluator report --model-dir ./model_dir --format json | jq '.[-1].metrics'
     """
     from evaluator.store import SchemaMissing, Store, resolve_url
 
@@ -204,30 +218,43 @@ def report(last: int, model_dir: str | None, db_url: str | None, fmt: str) -> in
                    "--format csv or json for more", err=True)
         last = TABLE_ROWS
     with Store.open(resolve_url(db_url), create=False) as store:
+        view = _View(directory, last, fmt, tuple(dict.fromkeys(metrics)), dataset, best_by)
         try:
             try:
-                _render(store, directory, last, fmt)
+                _render(store, view)
             except SchemaMissing:  # `watch` may be creating it this very moment
                 store.wait_for_schema(5.0)
-                _render(store, directory, last, fmt)
+                _render(store, view)
         except BrokenPipeError:  # `evaluator report | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
-def _render(store: Any, directory: str | None, last: int, fmt: str) -> None:
+@dataclass(frozen=True)
+class _View:
+    """What `report` was asked to show."""
+
+    directory: str | None
+    last: int
+    fmt: str
+    metrics: tuple[str, ...]
+    dataset: str | None
+    best_by: str | None
+
+
+def _render(store: Any, view: _View) -> None:
     from evaluator import report as report_module
 
-    with store.streaming_history(directory, last) as history:
-        if fmt != "table":
-            report_module.render(history, fmt, sys.stdout)
+    with store.streaming_history(view.directory, view.last, view.best_by, view.dataset) as history:
+        if view.fmt != "table":
+            report_module.render(history, view.fmt, sys.stdout, view.metrics)
             return
         rows = list(history.rows)
         if not rows:
-            where = f" for {directory}" if directory else ""
+            where = f" for {view.directory}" if view.directory else ""
             click.echo(f"no evaluations recorded{where} in {store.url}", err=True)
             return
-        report_module.render(type(history)(rows=rows, best=history.best), fmt, sys.stdout)
+        report_module.render(replace(history, rows=rows), view.fmt, sys.stdout, view.metrics)
 
 
 @cli.command()

@@ -8,7 +8,7 @@ from datetime import datetime
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from evaluator.evaluation import DEFAULT_NAME, Evaluation, History, Status
+from evaluator.evaluation import DEFAULT_NAME, EXAMPLES, Evaluation, History, Status
 
 if TYPE_CHECKING:  # pragma: no cover - rich is imported when a table is drawn (JSON and CSV don't need it)
     from rich.table import Table
@@ -19,27 +19,46 @@ FIELDS = (
     "model_dir", "name", "checkpoint", "fingerprint", "step", "status", "accuracy", "loss", "examples", "ema",
     "ema_source", "best", "restore_seconds", "eval_seconds", "device", "detected_at", "started_at", "evaluated_at", "error",
 )
+#: JSON's fields: the same, and every metric of every set ({set: {metric: value, "examples": n}}).
+JSON_FIELDS = (*FIELDS, "metrics")
 _NOTE_WIDTH = 70
+#: Metric columns a table shows at most when --metric does not choose them.
+_TABLE_METRICS = 6
 
 
-def records(history: History) -> Iterator[dict[str, Any]]:
+def records(history: History, columns: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
     """One plain dict per row (ISO 8601 UTC times), the shape of the JSON and CSV outputs, as the
-    rows come (a report of any size in constant memory)."""
-    return (_record(row, history.is_best(row)) for row in history.rows)
+    rows come (a report of any size in constant memory); `columns`: metrics added as fields."""
+    for row in history.rows:
+        record = _record(row, history.is_best(row))
+        record.update({name: metric_value(row, name, history.dataset) for name in columns})
+        yield record
 
 
-def render(history: History, fmt: str, out: IO[str]) -> None:
-    """Write `history` to `out` as `fmt` (one of FORMATS)."""
+def render(history: History, fmt: str, out: IO[str], columns: tuple[str, ...] = ()) -> None:
+    """Write `history` to `out` as `fmt` (one of FORMATS); `columns` are the metrics to show
+    (--metric; a table's default: the first set's, JSON: always every one)."""
     if fmt == "json":
-        _json_array(records(history), out)
+        _json_array(records(history, columns), out)
     elif fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+        names = [*FIELDS, *(name for name in columns if name not in FIELDS)]
+        writer = csv.DictWriter(out, fieldnames=names, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(records(history))
+        writer.writerows(records(history, columns))
     elif fmt == "table":
-        _tables(history, out)
+        _tables(history, out, columns)
     else:
         raise ValueError(f"unknown format {fmt!r}")
+
+
+def metric_value(row: Evaluation, name: str, dataset: str | None = None) -> float | None:
+    """`name` on `dataset` (default: the row's first set); the columns for rows without metrics."""
+    if row.metrics:
+        values = row.metrics.get(dataset) if dataset is not None else next(iter(row.metrics.values()))
+        return None if values is None else values.get(name)
+    if dataset is None and name in ("accuracy", "loss", "examples"):
+        return getattr(row, name)
+    return None
 
 
 def _json_array(items: Iterator[dict[str, Any]], out: IO[str]) -> None:
@@ -55,50 +74,70 @@ def _record(row: Evaluation, best: bool) -> dict[str, Any]:
     values: dict[str, Any] = {name: getattr(row, name, None) for name in FIELDS}
     values["status"] = row.status.value
     values["best"] = best
+    values["metrics"] = row.metrics or {}
     for name in ("detected_at", "started_at", "evaluated_at"):
         when = values[name]
         values[name] = when.isoformat() if isinstance(when, datetime) else None
     return values
 
 
-def _tables(history: History, out: IO[str]) -> None:
+def _tables(history: History, out: IO[str], columns: tuple[str, ...]) -> None:
     from rich.console import Console
 
     console = Console(file=out, width=None if out.isatty() else 160, highlight=False)
-    for model_dir, name in dict.fromkeys((row.model_dir, row.name) for row in history.rows):
-        rows = [row for row in history.rows if (row.model_dir, row.name) == (model_dir, name)]
-        console.print(_table(model_dir, name, rows, history))
+    rows = list(history.rows)
+    for model_dir, name in dict.fromkeys((row.model_dir, row.name) for row in rows):
+        group = [row for row in rows if (row.model_dir, row.name) == (model_dir, name)]
+        console.print(_table(model_dir, name, group, history, columns or _default_columns(group, history.dataset)))
         console.print()
 
 
-def _table(model_dir: str, name: str, rows: list[Evaluation], history: History) -> Table:
+def _default_columns(rows: list[Evaluation], dataset: str | None) -> tuple[str, ...]:
+    """The metrics the rows have on the set shown (accuracy and loss first), at most _TABLE_METRICS."""
+    names: dict[str, None] = {}
+    for row in rows:
+        values = (row.metrics or {}).get(dataset) if dataset else next(iter((row.metrics or {}).values()), None)
+        names.update(dict.fromkeys(values or {}))
+    names.pop(EXAMPLES, None)
+    ordered = [n for n in ("accuracy", "loss") if n in names] + [n for n in names if n not in ("accuracy", "loss")]
+    return tuple(ordered[:_TABLE_METRICS]) or ("accuracy", "loss")
+
+
+def _table(model_dir: str, name: str, rows: list[Evaluation], history: History, columns: tuple[str, ...]) -> Table:
     from rich import box
     from rich.table import Table
 
     best = history.best.get((model_dir, name))
-    caption = (f"★ best: step {best.step}, accuracy {best.accuracy:.4f} ({best.checkpoint})"
-               if best is not None and best.accuracy is not None else "no successful evaluation yet")
+    by = history.best_by or ("accuracy" if best is None or best.accuracy is not None else "loss")
+    best_value = None if best is None else metric_value(best, by, history.dataset)
+    caption = (f"★ best {by}: {best_value:.4f}, step {best.step} ({best.checkpoint})"
+               if best is not None and best_value is not None else "no successful evaluation yet")
     title = model_dir if name == DEFAULT_NAME else f"{model_dir} ({name})"
+    sets = [list(row.metrics) for row in rows if row.metrics]
+    shown = history.dataset or (sets[-1][0] if sets and len(sets[-1]) > 1 else None)
+    if shown:
+        title += f" — validation set {shown}"
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, title_justify="left",
                   caption_justify="left")
-    for name, justify in (("step", "right"), ("accuracy", "right"), ("loss", "right"),
-                          ("examples", "right"), ("ema", "center"), ("status", "left"),
-                          ("checkpoint", "left"), ("evaluated", "left")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column("step", justify="right")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for column, justify in (("examples", "right"), ("ema", "center"), ("status", "left"),
+                            ("checkpoint", "left"), ("evaluated", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
     notes = any(row.error for row in rows)
     if notes:
         table.add_column("note", overflow="ellipsis", max_width=_NOTE_WIDTH, no_wrap=True)
+    star_column = by if by in columns else columns[0]
     for row in rows:
-        cells = [
-            _text(row.step),
-            (f"{row.accuracy:.4f}" if row.accuracy is not None else "") + (" ★" if history.is_best(row) else ""),
-            f"{row.loss:.4f}" if row.loss is not None else "",
-            _text(row.examples),
-            row.ema_source or "",
-            _status(row.status),
-            row.checkpoint,
-            row.evaluated_at.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
-        ]
+        cells = [_text(row.step)]
+        for column in columns:
+            value = metric_value(row, column, history.dataset)
+            cells.append(("" if value is None else f"{value:.4f}")
+                         + (" ★" if column == star_column and history.is_best(row) else ""))
+        examples = metric_value(row, EXAMPLES, history.dataset)
+        cells += [_text(int(examples) if examples is not None else None), row.ema_source or "", _status(row.status),
+                  row.checkpoint, row.evaluated_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")]
         if notes:
             cells.append(row.error or "")
         table.add_row(*cells)

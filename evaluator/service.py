@@ -603,7 +603,9 @@ class Service:
         fields: dict[str, Any] = {"step": e.step, "checkpoint": e.checkpoint, "status": e.status.value}
         if e.status is Status.OK:
             fields.update(flat_metrics(e.metrics or {}))
-            fields.update(examples=e.examples, ema=e.ema_source, restore_seconds=round(e.restore_seconds or 0.0, 4),
+            if len(e.metrics or {}) < 2:
+                fields["examples"] = e.examples
+            fields.update(ema=e.ema_source, restore_seconds=round(e.restore_seconds or 0.0, 4),
                           eval_seconds=round(e.eval_seconds or 0.0, 4), device=e.device)
             self.log.info("evaluated", **fields)
         else:

@@ -81,6 +81,8 @@ def one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> N
     (["nosuchcommand"], "No such command 'nosuchcommand'"),
     (["watch", "."], "Missing option '--task'"),
     (["watch", ".", "--task", "x:Y", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'gpu'"),
+    (["watch", ".", "--task", "x:Y", "--metric", "top5"], "'top5' is not a built-in metric; they are accuracy"),
+    (["watch", ".", "--task", "x:Y", "--metric", "top_k_accuracy:0"], "top_k_accuracy:K"),
 ])
 def test_bad_arguments(args: list[str], fragment: str) -> None:
     one_line_error(run_cli(*args), fragment)
@@ -102,6 +104,8 @@ def test_watch_bad_inputs_write_nothing(tmp_path: Path, trained_dir: Path, db: P
         (["watch", str(trained_dir), "--task", DIGITS_TASK, "--db", sqlite_url(tmp_path / "garbage.db"), "--once"],
          "file is not a database"),
         (["watch", str(trained_dir), "--task", DIGITS_TASK, "--db", "not a url", "--once"], "is not a database URL"),
+        (["watch", str(trained_dir), "--task", DIGITS_TASK, "--metric", "mae", *base],
+         "metric 'mae' (mae) does not apply to a classification task (defaults there: accuracy, loss)"),
     ]
     for args, fragment in cases:
         one_line_error(run_cli(*args), fragment)

@@ -257,3 +257,83 @@ def test_the_log_says_what_a_tf2_task_waits_for(tmp_path: Path) -> None:
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     (waiting,) = [e for e in events if e["event"] == "no checkpoints yet"]
     assert "*.weights.h5" in waiting["waiting_for"] and "checkpoint" in waiting["waiting_for"]
+
+
+# -- metrics and several validation sets ------------------------------------------------------------
+
+def numpy_logits(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> np.ndarray:
+    return np.maximum(x.astype(np.float64) @ w1 + b1, 0) @ w2 + b2
+
+
+class MetricsTask(Task):
+    """Two sets (numpy, and a Dataset of one-hot batches), a Keras metric and a function metric."""
+
+    def metrics(self) -> dict[str, Any]:  # a method: fresh metric objects per build
+        import keras
+
+        return {"top3": keras.metrics.SparseTopKCategoricalAccuracy(k=3),
+                "margin": lambda y, x: tf.reduce_max(x, axis=1) - tf.gather(x, y, axis=1, batch_dims=1),
+                "recall:8": "recall:8"}
+
+    def validation_data(self) -> dict[str, Any]:
+        shifted = np.clip(X + 0.25, 0, 1).astype(np.float32)
+        one_hot = np.eye(10, dtype=np.float32)[Y]
+        return {"clean": (X, Y), "shifted": tf.data.Dataset.from_tensor_slices((shifted, one_hot)).batch(50)}
+
+
+def test_several_sets_with_task_metrics_equal_numpy(keras3_run: tuple[str, list[str]]) -> None:
+    """One restore, both sets, every metric: numpy over the checkpoint's averages agrees on each."""
+    kind, saved = keras3_run
+    if kind != "sequential":
+        pytest.skip("once is enough")
+    model = KerasModel.build(MetricsTask(lambda: keras_model.build(kind)), device="cpu", batch_size=97,
+                             metrics=("top_k_accuracy:3",))
+    _, averages = keras3_tensors(saved[-1])
+    outcome = model.evaluate(checkpoints.at(str(Path(saved[-1]).parent), saved[-1]))  # type: ignore[arg-type]
+    found = outcome.metrics
+    assert list(found.values) == ["clean", "shifted"] and found.counts == {"clean": 360, "shifted": 360}
+    for name, x in (("clean", X), ("shifted", np.clip(X + 0.25, 0, 1).astype(np.float32))):
+        logits = numpy_logits(x, *averages)
+        top3 = np.mean([label in np.argsort(-row)[:3] for row, label in zip(logits, Y)])
+        eights = Y == 8
+        expected = {
+            "accuracy": np.mean(logits.argmax(axis=1) == Y),
+            "top3": top3, "top_k_accuracy:3": top3,
+            "margin": np.mean(logits.max(axis=1) - logits[np.arange(len(Y)), Y]),
+            "recall:8": np.mean(logits[eights].argmax(axis=1) == 8),
+        }
+        for metric, value in expected.items():
+            assert found.values[name][metric] == pytest.approx(value, abs=1e-5), (name, metric)
+    assert found.accuracy == found.values["clean"]["accuracy"]  # the first set is the default one
+    assert found.goals["top3"] == "max" and found.goals["loss"] == "min"
+    assert model.traces == 1  # both sets have one input signature: one trace serves them
+
+
+def test_a_regression_model(tmp_path: Path) -> None:
+    """Float targets make a regression: loss is the MSE and mae comes with it; numpy agrees."""
+    import keras
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(301, 4)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.1).astype(np.float32)
+
+    def build() -> Any:
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+
+    trained = build()
+    trained.layers[0].kernel.assign(np.array([[1.1], [-1.9], [0.4], [3.2]], np.float32))
+    path = tf.train.Checkpoint(model=trained).save(str(tmp_path / "ckpt"))
+
+    class Regression(Task):
+        def validation_data(self) -> tuple[np.ndarray, np.ndarray]:
+            return x, y
+
+    model = KerasModel.build(Regression(build), device="cpu", batch_size=64, metrics=("rmse",))
+    outcome = model.evaluate(checkpoints.at(str(tmp_path), path))  # type: ignore[arg-type]
+    kernel = trained.layers[0].kernel.numpy().astype(np.float64)
+    error = (x.astype(np.float64) @ kernel)[:, 0] + trained.layers[0].bias.numpy()[0] - y
+    assert model.sets.problem == "regression" and outcome.metrics.accuracy is None
+    values = outcome.metrics.values["validation"]
+    assert values["loss"] == pytest.approx(np.mean(error ** 2), rel=1e-5)
+    assert values["mae"] == pytest.approx(np.mean(np.abs(error)), rel=1e-5)
+    assert values["rmse"] == pytest.approx(np.sqrt(np.mean(error ** 2)), rel=1e-5)

@@ -95,3 +95,50 @@ def test_upgrading_from_0002_keeps_rows_and_the_new_key_works(db: Path) -> None:
     assert store.record(Evaluation("/m", "model.ckpt-400", 400, Status.OK, when, fingerprint="abc")) is True
     # steps beyond 32 bits fit
     assert store.record(Evaluation("/m", "model.ckpt-big", 2**62, Status.OK, when, fingerprint="x")) is True
+
+
+def test_upgrading_from_0004_gives_old_rows_their_metrics_and_the_report_is_unchanged(db: Path) -> None:
+    """0004 (before metrics) with rows -> 0005: each ok row's accuracy, loss and examples are in
+    `metrics` under the set "validation"; the report renders the old rows as it did; `retry`'s
+    forget removes a row's metrics with it."""
+    import dataclasses
+    import io
+    import sqlite3
+
+    from evaluator import report
+
+    url = sqlite_url(db)
+    store = Store.open(url, create=True)
+    cfg = alembic_config()
+    with store.engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0004")
+    raw = sqlite3.connect(db)
+    for step, accuracy in ((100, 0.5), (200, 0.75)):
+        raw.execute("INSERT INTO evaluations (model_dir, name, checkpoint, fingerprint, step, status, accuracy, loss, "
+                    "examples, ema_source, evaluated_at) VALUES ('/m', 'default', ?, 'f', ?, 'ok', ?, 0.7, 360, "
+                    "'tf1-names', '2026-11-23 12:00:00')", (f"model.ckpt-{step}", step, accuracy))
+    raw.execute("INSERT INTO evaluations (model_dir, name, checkpoint, fingerprint, step, status, error, evaluated_at) "
+                "VALUES ('/m', 'default', 'model.ckpt-300', '', 300, 'failed', 'bad', '2026-11-23 12:00:00')")
+    raw.commit()
+    store.upgrade()
+
+    assert sorted(raw.execute("SELECT dataset, name, value, goal FROM metrics WHERE evaluation_id = 2")) == [
+        ("validation", "accuracy", 0.75, "max"), ("validation", "examples", 360.0, None),
+        ("validation", "loss", 0.7, "min")]
+    rows = store.history("/m").rows
+    assert [r.metrics for r in rows] == [{"validation": {"accuracy": 0.5, "loss": 0.7, "examples": 360}},
+                                         {"validation": {"accuracy": 0.75, "loss": 0.7, "examples": 360}}, None]
+    history = store.history("/m")
+    # What the report showed before metrics existed: the same rows, their columns only.
+    columns_only = dataclasses.replace(history, rows=[dataclasses.replace(r, metrics=None, goals=None)
+                                                      for r in history.rows])
+    for fmt in ("table", "csv"):
+        before, after = io.StringIO(), io.StringIO()
+        report.render(columns_only, fmt, before)
+        report.render(history, fmt, after)
+        assert after.getvalue() == before.getvalue()
+    assert store.history("/m", best_by="loss").best[("/m", "default")].checkpoint == "model.ckpt-100"
+
+    store.forget("/m", "default", ["ok"])
+    assert raw.execute("SELECT count(*) FROM metrics").fetchone() == (0,)

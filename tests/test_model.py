@@ -159,3 +159,54 @@ def test_device_selection_on_this_machine() -> None:
             select_device("gpu")
     with pytest.raises(DeviceError, match="choose one of auto, cpu, gpu"):
         select_device("tpu")
+
+
+def digits_logits(path: str, suffix: str, images: np.ndarray) -> np.ndarray:
+    reader = tf.train.load_checkpoint(path)
+    w1, b1, w2, b2 = (reader.get_tensor(f"{name}{suffix}").astype(np.float64)
+                      for name in ("layer1/weights", "layer1/biases", "layer2/weights", "layer2/biases"))
+    return np.maximum(images.astype(np.float64) @ w1 + b1, 0) @ w2 + b2
+
+
+def test_several_sets_and_task_metrics_equal_numpy(tmp_path: Path, model_dir: Path) -> None:
+    """A graph task: a numpy set and a Dataset set of one-hot batches, a built-in, a per-example
+    function and a tf.compat.v1.metrics streaming metric, all in one graph, one restore."""
+    spec = write_task(tmp_path / "metrics_task.py", """
+class T:
+    metrics = {
+        "top_k_accuracy:3": "top_k_accuracy:3",
+        "margin": lambda y, x: tf.reduce_max(x, axis=1) - tf.gather(x, y, axis=1, batch_dims=1),
+        "confidence": lambda y, x: tf.compat.v1.metrics.mean(tf.reduce_max(tf.nn.softmax(x), axis=1)),
+    }
+    def inference(self, f): return digits_model.inference(f)
+    def validation_data(self):
+        x, y = digits_data.validation()
+        shifted = np.clip(x + 0.25, 0, 1).astype(np.float32)
+        return {"clean": (x, y), "shifted": tf.data.Dataset.from_tensor_slices((shifted, np.eye(10)[y])).batch(50)}
+TASK = T()
+""")
+    import sys
+
+    sys.path.insert(0, str(DIGITS))
+    import digits_data
+
+    x, y = digits_data.validation()
+    model = EvalModel.build(load_task(spec), device="cpu", batch_size=97)
+    for ckpt in checkpoints.read_state(str(model_dir)).checkpoints:
+        found = model.evaluate(ckpt).metrics
+        assert found.counts == {"clean": 360, "shifted": 360}
+        for name, images in (("clean", x), ("shifted", np.clip(x + 0.25, 0, 1))):
+            logits = digits_logits(ckpt.path, "/ExponentialMovingAverage", images)
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+            expected = {
+                "accuracy": np.mean(logits.argmax(axis=1) == y),
+                "loss": -np.mean(np.log(probabilities[np.arange(len(y)), y])),
+                "top_k_accuracy:3": np.mean([label in np.argsort(-row)[:3] for row, label in zip(logits, y)]),
+                "margin": np.mean(logits.max(axis=1) - logits[np.arange(len(y)), y]),
+                "confidence": np.mean(probabilities.max(axis=1)),
+            }
+            for metric, value in expected.items():
+                assert found.values[name][metric] == pytest.approx(value, abs=1e-5), (ckpt.name, name, metric)
+        assert found.goals == {"accuracy": "max", "loss": "min", "top_k_accuracy:3": "max", "margin": "max",
+                               "confidence": "max"}

@@ -8,7 +8,7 @@ import json
 from datetime import datetime, timezone
 
 from evaluator.evaluation import Evaluation, History, Status
-from evaluator.report import FIELDS, records, render
+from evaluator.report import FIELDS, JSON_FIELDS, records, render
 
 WHEN = datetime(2026, 11, 23, 12, 0, 5, tzinfo=timezone.utc)
 
@@ -32,7 +32,7 @@ def rendered(fmt: str) -> str:
 
 def test_json_has_the_documented_fields() -> None:
     data = json.loads(rendered("json"))
-    assert [tuple(d) for d in data] == [FIELDS] * 3
+    assert [tuple(d) for d in data] == [JSON_FIELDS] * 3
     first = data[0]
     assert first["model_dir"] == "/jobs/a" and first["checkpoint"] == "model.ckpt-200"
     assert (first["step"], first["accuracy"], first["loss"], first["examples"]) == (200, 0.9125, 0.31, 360)
@@ -51,7 +51,7 @@ def test_table_marks_the_best_and_notes_errors() -> None:
     text = rendered("table")
     assert "/jobs/a" in text and "/jobs/b" in text
     assert "0.9125 ★" in text
-    assert "★ best: step 200, accuracy 0.9125 (model.ckpt-200)" in text
+    assert "★ best accuracy: 0.9125, step 200 (model.ckpt-200)" in text
     assert "missing" in text and "was deleted before it could be read" in text
 
 
