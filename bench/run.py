@@ -37,7 +37,7 @@ DIGITS_TASK = f"{DIGITS / 'task.py'}:TASK"
 WORKLOAD_TASK = f"{ROOT / 'bench' / 'workload.py'}:TASK"
 KERAS_WORKLOAD_TASK = f"{ROOT / 'bench' / 'keras_workload.py'}:TASK"
 OUT = ROOT / "bench" / "out"
-STAGES = ("latency", "idle", "cost", "memory", "report", "throughput", "poll", "keras")
+STAGES = ("latency", "idle", "cost", "memory", "report", "throughput", "poll", "keras", "metrics")
 
 TARGETS = {
     "latency_median_ms": 100.0,
@@ -290,6 +290,33 @@ def measure_cost(work: Path, sizes: Sizes) -> dict[str, Any]:
         "restore_s": statistics.median(evaluator.evaluate(c).restore_seconds for c in listed),
         "record_row_ms": 1000 * statistics.median(record),
         "claim_ms": 1000 * statistics.median(claim),
+    }}
+
+
+def measure_metrics(work: Path, sizes: Sizes) -> dict[str, Any]:
+    """9. five metrics on two validation sets: the evaluator against a hand-written loop computing the same."""
+    from bench import workload
+    from bench.baseline import HandWrittenMetrics
+    from evaluator import checkpoints
+    from evaluator.models.device import select_device
+    from evaluator.models.graph import GraphModel
+
+    model_dir = work / "metrics"
+    workload.write_checkpoints(str(model_dir), sizes.cost_checkpoints)
+    listed = checkpoints.read_state(str(model_dir)).checkpoints
+    task = workload.METRICS_TASK
+    evaluator = GraphModel.build(task, device="auto", batch_size=task.batch_size)
+    hand = HandWrittenMetrics(task, select_device("auto").config, task.batch_size, workload.CLASSES)
+    largest = 0.0
+    for ckpt in listed:  # warm both up once; compare every value
+        ours, theirs = evaluator.evaluate(ckpt).metrics.values, hand(ckpt.path)
+        largest = max([largest] + [abs(ours[s][m] - theirs[s][m]) for s in theirs for m in theirs[s]])
+    ours_s, theirs_s = race(evaluator.evaluate, lambda ckpt: hand(ckpt.path), listed, sizes.cost_rounds)
+    return {"metrics": {
+        "parameters": workload.parameters(), "examples": workload.examples(), "device": evaluator.device,
+        "sets": len(task.validation_data()), "metrics": len(evaluator.suite.names),
+        "evaluator_s": statistics.median(ours_s), "handwritten_s": statistics.median(theirs_s),
+        "ratio": statistics.median(ours_s) / statistics.median(theirs_s), "largest_difference": largest,
     }}
 
 
@@ -573,6 +600,14 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         rows.append((f"8. TF2: RSS after {ker['from']} and {ker['to']} Keras checkpoints",
                      f"{rss[ker['from']]:.0f} MB -> {rss[ker['to']]:.0f} MB (growth {ker['growth_mb']:+.1f} MB)", "",
                      f"growth < {TARGETS['memory_growth_mb']:.0f} MB", met(ker["growth_mb"] < TARGETS["memory_growth_mb"])))
+    if "metrics" in results:
+        met_ = results["metrics"]
+        rows.append((f"9. {met_['metrics']} metrics on {met_['sets']} validation sets, one checkpoint "
+                     f"({met_['parameters'] / 1e6:.1f} M params, {met_['examples']} examples per set, {met_['device']})",
+                     f"{met_['evaluator_s'] * 1000:.0f} ms (ratio {met_['ratio']:.3f}); values within "
+                     f"{met_['largest_difference']:.1e} of the loop's",
+                     f"hand-written loop, same metrics: {met_['handwritten_s'] * 1000:.0f} ms",
+                     f"<= {TARGETS['cost_ratio']}x", met(met_["ratio"] <= TARGETS["cost_ratio"])))
     if "poll" in results:
         poll = results["poll"]
         cells = [f"{mode}: {r['rows']} rows of {r['saved']} saves ({r['ok']} ok, {r['missing']} missing)"
@@ -621,7 +656,7 @@ def main(argv: list[str] | None = None) -> None:
             results.update(_timed("latency + idle", measure_latency_and_idle, work, sizes))
         for stage, measure in (("cost", measure_cost), ("memory", measure_memory), ("report", measure_report),
                                ("throughput", measure_throughput), ("poll", measure_poll),
-                               ("keras", measure_keras)):
+                               ("keras", measure_keras), ("metrics", measure_metrics)):
             if stage in stages:
                 results.update(_timed(stage, measure, work, sizes))
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -93,3 +93,16 @@ def write_checkpoints(model_dir: str, count: int, steps_between: int = 2) -> lis
                     session.run(train, {x: features[batch], y: labels[batch]})
                 saved.append(saver.save(session, os.path.join(model_dir, "model.ckpt"), global_step=step))
     return saved
+
+
+class MetricsWorkload(Workload):
+    """Five metrics (accuracy and loss, top-5 accuracy, macro precision and recall) on two sets."""
+
+    metrics = ["top_k_accuracy:5", "precision", "recall"]
+
+    def validation_data(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        features, labels = dataset(examples(), seed=2)
+        return {"clean": (features, labels), "shifted": ((1.5 * features + 0.3).astype(np.float32), labels)}
+
+
+METRICS_TASK = MetricsWorkload()

@@ -1,16 +1,16 @@
 """Graph tasks' validation: one pass over every validation set in the evaluation graph.
 
-The input is one reinitializable iterator that every set feeds (numpy arrays through placeholders,
-Datasets as they are), so the task's inference and the metric tensors are built once whatever
-the number of sets. A checkpoint's pass re-initializes the iterator for each set in turn; the
-metrics' per-batch statistics are added up on the host (metrics.Totals), and tf.compat.v1.metrics-
-style streaming metrics are reset per set.
+Every set goes through one pair of input tensors (numpy batches fed into them, Datasets through
+one reinitializable iterator), so the task's inference and the metric tensors are built once
+whatever the number of sets. A checkpoint's pass goes through the sets in turn; the metrics'
+per-batch statistics are added up on the host (metrics.Totals), and tf.compat.v1.metrics-style
+streaming metrics are reset per set.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import tensorflow as tf
@@ -26,24 +26,38 @@ _CPU = "/device:CPU:0"
 
 
 class _Inputs:
-    """One iterator over every set: `features` and `labels` tensors, and each set's initializer."""
+    """The `features` and `labels` tensors every set goes through, and how each set fills them.
+
+    Numpy sets are fed batch by batch (any tensor can be fed, so also an iterator's outputs);
+    Dataset sets run through one reinitializable iterator, re-initialized for each pass.
+    """
 
     def __init__(self, sets: data.ValidationSets, batch_size: int) -> None:
+        self._batch_size = batch_size
+        feature_spec, label_spec = _structure(sets)
+        datasets = [s.dataset for s in sets.sets if s.dataset is not None]
+        self._initializers: dict[str, Any] = {}
         with tf.device(_CPU):
-            datasets = [self._dataset(s, batch_size) for s in sets.sets]
-            types, shapes = _structure([dataset for dataset, _ in datasets], sets)
-            iterator = tf.compat.v1.data.Iterator.from_structure(types, shapes)
-            self.initializers = [(iterator.make_initializer(dataset), feed) for dataset, feed in datasets]
-            self.features, self.labels = iterator.get_next()
+            if datasets:
+                iterator = tf.compat.v1.data.Iterator.from_structure(
+                    (feature_spec.dtype, label_spec.dtype), (feature_spec.shape, label_spec.shape))
+                self._initializers = {s.name: iterator.make_initializer(s.dataset)
+                                      for s in sets.sets if s.dataset is not None}
+                self.features, self.labels = iterator.get_next()
+            else:
+                self.features = tf.compat.v1.placeholder(feature_spec.dtype, feature_spec.shape, name="features")
+                self.labels = tf.compat.v1.placeholder(label_spec.dtype, label_spec.shape, name="labels")
 
-    @staticmethod
-    def _dataset(validation: data.ValidationSet, batch_size: int) -> tuple[tf.data.Dataset, dict[Any, Any]]:
+    def feeds(self, session: tf.compat.v1.Session, validation: data.ValidationSet) -> Iterator[dict[Any, Any]]:
+        """The feed of each batch of `validation` (a Dataset's end is OutOfRangeError from session.run)."""
         if validation.arrays is None:
-            return validation.dataset, {}  # type: ignore[return-value]
+            session.run(self._initializers[validation.name])
+            while True:
+                yield {}
         features, labels = validation.arrays
-        x = tf.compat.v1.placeholder(features.dtype, [None, *features.shape[1:]], name="features")
-        y = tf.compat.v1.placeholder(labels.dtype, [None], name="labels")
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size), {x: features, y: labels}
+        for start in range(0, len(labels), self._batch_size):
+            end = start + self._batch_size
+            yield {self.features: features[start:end], self.labels: labels[start:end]}
 
 
 class Validator:
@@ -97,14 +111,13 @@ class Validator:
         counts: dict[str, int] = {}
         done = 0
         fetches = {"statistics": self._statistics, "updates": self._updates}
-        for validation, (initializer, feed) in zip(self.sets.sets, self._inputs.initializers):
-            session.run(initializer, feed_dict=feed)
+        for validation in self.sets.sets:
             if self._reset is not None:
                 session.run(self._reset)
             totals = self.suite.totals()
-            while True:
+            for feed in self._inputs.feeds(session, validation):
                 try:
-                    batch = session.run(fetches)
+                    batch = session.run(fetches, feed_dict=feed)
                 except tf.errors.OutOfRangeError:
                     break
                 totals.add(batch["statistics"])
@@ -120,19 +133,16 @@ class Validator:
         return values, counts
 
 
-def _structure(datasets: list[tf.data.Dataset], sets: data.ValidationSets) -> tuple[Any, Any]:
-    """The iterator's types and the shapes every set fits."""
-    specs = [dataset.element_spec for dataset in datasets]
-    feature_types = {spec[0].dtype for spec in specs}
+def _structure(sets: data.ValidationSets) -> tuple[tf.TensorSpec, tf.TensorSpec]:
+    """The features and labels specs every set fits (one dtype; the shapes they share)."""
+    feature_types = {s.feature_spec.dtype for s in sets.sets}
     if len(feature_types) > 1:
         raise TaskError(f"validation sets {sets.names} have features of different types "
                         f"({', '.join(sorted(t.name for t in feature_types))}): give one type")
-    shapes = [spec[0].shape for spec in specs]
-    features = shapes[0]
-    for shape in shapes[1:]:
-        features = features.most_specific_compatible_shape(shape)
-    labels = tf.TensorShape([None])
-    return (specs[0][0].dtype, specs[0][1].dtype), (features, labels)
+    shape = sets.sets[0].feature_spec.shape
+    for validation in sets.sets[1:]:
+        shape = shape.most_specific_compatible_shape(validation.feature_spec.shape)
+    return tf.TensorSpec(shape, feature_types.pop()), tf.TensorSpec([None], sets.sets[0].label_spec.dtype)
 
 
 def _classes(outputs: tf.Tensor, problem: str) -> int | None:

@@ -31,6 +31,24 @@ class KerasDigitsTask:
         return digits_data.validation()
 
 
+class KerasMetricsTask(KerasDigitsTask):
+    """Built-in metrics by name, a Keras metric object, and two validation sets (clean, noisy)."""
+
+    def metrics(self):  # type: ignore[no-untyped-def]  # a method: fresh Keras metric objects per build
+        import keras
+
+        return {"top_k_accuracy:3": "top_k_accuracy:3", "f1": "f1",
+                "top2": keras.metrics.SparseTopKCategoricalAccuracy(k=2)}
+
+    def validation_data(self):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        images, labels = digits_data.validation()
+        noisy = np.clip(images + np.random.default_rng(0).normal(0.0, 0.35, images.shape), 0.0, 1.0)
+        return {"clean": (images, labels), "noisy": (noisy.astype(np.float32), labels)}
+
+
 TASK = KerasDigitsTask()
+METRICS = KerasMetricsTask()
 FUNCTIONAL = KerasDigitsTask("functional")
 SUBCLASSED = KerasDigitsTask("subclassed")
