@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from evaluator.errors import TaskError, first_line
+from evaluator.errors import EvaluationFault, TaskError, first_line
 from evaluator.metrics import CLASSIFICATION, REGRESSION
 
 #: The name of the set when validation_data() returns one set rather than a mapping.
@@ -52,6 +52,11 @@ class ValidationSets:
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.sets]
+
+    def empty(self, name: str) -> EvaluationFault:
+        """The fault of a pass over set `name` that produced no examples (the task's doing)."""
+        which = f"validation set {name!r}" if self.named else "the validation data"
+        return EvaluationFault(f"{which} produced no examples: check validation_data()")
 
 
 def load(task: Any) -> ValidationSets:

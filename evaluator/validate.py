@@ -124,8 +124,7 @@ class Validator:
                 if progress is not None:
                     progress(done + totals.examples)
             if totals.examples == 0:
-                raise EvaluationFault(f"validation set {validation.name!r} produced no examples: check "
-                                      "validation_data()")
+                raise self.sets.empty(validation.name)
             done += totals.examples
             values[validation.name] = {**totals.values(),
                                        **{n: float(v) for n, v in session.run(self._values).items()}}

@@ -343,8 +343,7 @@ class KerasModel:
                     if progress is not None:
                         progress(done + totals.examples)
                 if totals.examples == 0:
-                    raise EvaluationFault(f"validation set {batches.name!r} produced no examples: check "
-                                          "validation_data()")
+                    raise self.sets.empty(batches.name)
                 done += totals.examples
                 values[batches.name] = {**totals.values(), **{name: _result(streaming) for name, streaming
                                                               in self.suite.streaming.items()}}
