@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from evaluator.errors import StateFileError, first_line
 from evaluator.evaluation import MAX_STEP
@@ -148,6 +149,26 @@ def snapshot(path: str) -> tuple[tuple[str, int, int], ...]:
             continue
         found.append((os.path.basename(name), stat.st_size, stat.st_mtime_ns))
     return tuple(found)
+
+
+def hold(path: str) -> dict[str, Any]:
+    """The checkpoint's files, opened (read-only): a kept copy can still be made from them after
+    training deletes the files. Name -> open file; the caller closes them."""
+    names = [path] if is_weight_file(path) else sorted(glob.glob(glob.escape(path) + ".*"))
+    held = {}
+    for name in names:
+        if name.endswith(".tempstate") or ".tmp" in os.path.basename(name):
+            continue
+        try:
+            held[os.path.basename(name)] = open(name, "rb")  # noqa: SIM115 - closed by release()
+        except OSError:
+            continue
+    return held
+
+
+def release(held: dict[str, Any]) -> None:
+    for handle in held.values():
+        handle.close()
 
 
 def scan(model_dir: str, families: set[str], weight_files: bool = False) -> list[Checkpoint]:

@@ -17,10 +17,12 @@ import click
 
 from evaluator import __version__
 from evaluator.checkpoints import EMA_NAME, normalize_model_dir
-from evaluator.errors import EXIT_CONFIG, EvaluatorError
+from evaluator.errors import EXIT_CONFIG, EXIT_NO_ROWS, EvaluatorError
 from evaluator.evaluation import DEFAULT_NAME, Status
 from evaluator.options import DB_ENV, DEVICES, LOG_FORMATS, LOG_LEVELS, METRIC_NAMES, WatchOptions, is_metric_name
 from evaluator.report import FORMATS as REPORT_FORMATS
+
+EXPORT_FORMATS = ("savedmodel", "frozen")
 
 # SQLAlchemy, structlog, rich and TensorFlow are imported inside the commands that use them:
 # `evaluator --help` and `evaluator report` stay fast.
@@ -40,6 +42,26 @@ def _check_metrics(ctx: click.Context, param: click.Parameter, names: tuple[str,
         raise click.BadParameter(f"{unknown[0]!r} is not a built-in metric; they are {', '.join(METRIC_NAMES)} "
                                  "(K, C: whole numbers, e.g. top_k_accuracy:5, recall:3)")
     return names
+
+
+class Duration(click.ParamType):
+    """Seconds, or a number with s, m or h."""
+
+    name = "duration"
+    _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        unit = text[-1] if text and text[-1] in "smh" else ""
+        try:
+            seconds = float(text[: len(text) - len(unit)]) * self._UNITS[unit]
+        except ValueError:
+            self.fail(f"{value!r} is not a duration (e.g. 90, 90s, 15m, 2h)", param, ctx)
+        if not seconds > 0 or seconds == float("inf"):
+            self.fail(f"{value!r}: a duration is a positive number of seconds, minutes (m) or hours (h)", param, ctx)
+        return seconds
 
 
 def name_option(command: F) -> F:
@@ -129,11 +151,36 @@ def cli() -> None:
 @click.option("--metric", "metrics", multiple=True, metavar="NAME", callback=_check_metrics,
               help="A built-in metric to compute besides accuracy and loss (repeatable): "
                    f"{', '.join(METRIC_NAMES)}. A task can define its own (its `metrics`).")
+@click.option("--summaries/--no-summaries", default=True, show_default=True,
+              help="Write each checkpoint's metrics as TensorBoard scalars at its step.")
+@click.option("--summary-dir", type=click.Path(file_okay=False, path_type=str), metavar="DIR",
+              help="Where the event files go. Default: MODEL_DIR/eval (MODEL_DIR/eval_NAME with --name), "
+                   "so `tensorboard --logdir MODEL_DIR` shows training and evaluation together.")
+@click.option("--best-metric", metavar="NAME",
+              help="The metric the best checkpoints are chosen by, in its direction (SET/NAME for another "
+                   "validation set than the first). Default: accuracy, else (a regression) loss.")
+@click.option("--keep-best", type=click.IntRange(min=0), default=1, show_default=True, metavar="N",
+              help="Keep the N best checkpoints where training's max_to_keep cannot delete them (0: keep none).")
+@click.option("--export-dir", type=click.Path(file_okay=False, path_type=str), metavar="DIR",
+              help="Where the best checkpoints are kept. Default: MODEL_DIR/export/best (best_NAME with --name).")
+@click.option("--export", "exports", multiple=True, type=click.Choice(EXPORT_FORMATS),
+              help="Also write each kept checkpoint as a SavedModel (EXPORT_DIR/savedmodel/STEP, signature "
+                   "serving_default: features -> logits) or, for graph tasks, a frozen GraphDef "
+                   "(EXPORT_DIR/frozen/STEP.pb), with the weights evaluated (the averages). Repeatable.")
+@click.option("--until-step", type=click.IntRange(min=0), metavar="N",
+              help="Stop (exit 0) after evaluating a checkpoint at step N or later.")
+@click.option("--idle-timeout", type=Duration(), metavar="DURATION",
+              help="Stop (exit 0) after nothing new for this long: 90, 90s, 15m, 2h.")
+@click.option("--done-file", metavar="NAME",
+              help="When training writes MODEL_DIR/NAME, evaluate what is pending and stop (exit 0).")
 @log_options
 def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, name: str, poll: bool,
           poll_interval: float, rescan_interval: float, wait_for_dir: bool, ema: bool, ema_name: str,
           device: str, batch_size: int | None, stop_grace: float, missing_grace: float, retries: int,
-          lease: float, db_wait: float, metrics: tuple[str, ...], log_format: str, log_level: str) -> int:
+          lease: float, db_wait: float, metrics: tuple[str, ...], summaries: bool, summary_dir: str | None,
+          best_metric: str | None, keep_best: int, export_dir: str | None, exports: tuple[str, ...],
+          until_step: int | None, idle_timeout: float | None, done_file: str | None, log_format: str,
+          log_level: str) -> int:
     """Evaluate every checkpoint in MODEL_DIR, then each new one as training writes it.
 
     Each checkpoint listed in MODEL_DIR/checkpoint (or on disk beside those listed, and, for a
@@ -171,7 +218,9 @@ def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, name: 
         poll_interval=poll_interval, rescan_interval=rescan_interval, wait_for_dir=wait_for_dir,
         ema=ema, ema_name=ema_name, device=device, batch_size=batch_size, stop_grace=stop_grace,
         name=name, missing_grace=missing_grace, retries=retries, lease=lease, db_wait=db_wait,
-        metrics=tuple(dict.fromkeys(metrics)),
+        metrics=tuple(dict.fromkeys(metrics)), summaries=summaries, summary_dir=summary_dir,
+        best_metric=best_metric, keep_best=keep_best, export_dir=export_dir, export=tuple(dict.fromkeys(exports)),
+        until_step=until_step, idle_timeout=idle_timeout, done_file=done_file,
     )
     return Service(options).run()
 
@@ -194,18 +243,22 @@ def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, name: 
 @click.option("--best-by", metavar="NAME",
               help="The metric the best row is chosen by, in its direction (accuracy and the like: "
                    "highest; loss and errors: lowest, as recorded). Default: accuracy, else loss.")
+@click.option("--best", "best_only", is_flag=True,
+              help="Only the best row of each model directory (and evaluation name).")
 def report(last: int, model_dir: str | None, db_url: str | None, fmt: str, metrics: tuple[str, ...],
-           dataset: str | None, best_by: str | None) -> int:
+           dataset: str | None, best_by: str | None, best_only: bool) -> int:
     """Show the most recent evaluations, by step, the best row marked.
 
     JSON is a list of objects with model_dir, name, checkpoint, fingerprint, step, status,
     accuracy, loss, examples (of the first validation set), metrics ({set: {metric: value,
     examples}}), ema, best, timings (restore_seconds, eval_seconds) and ISO 8601 UTC times
     (detected_at, started_at, evaluated_at). JSON and CSV are written as rows are read.
+    Exit status 4 when --model-dir names a directory with no rows (never evaluated, or a typo).
 
     \b
     Examples:
       evaluator report --last 10
+      evaluator report --best
       evaluator report --metric top_k_accuracy:5 --metric loss --dataset shifted
       evaluator report --best-by f1 --format csv
       evaluator report --model-dir ./model_dir --format json | jq '.[-1].metrics'
@@ -218,15 +271,20 @@ def report(last: int, model_dir: str | None, db_url: str | None, fmt: str, metri
                    "--format csv or json for more", err=True)
         last = TABLE_ROWS
     with Store.open(resolve_url(db_url), create=False) as store:
-        view = _View(directory, last, fmt, tuple(dict.fromkeys(metrics)), dataset, best_by)
+        view = _View(directory, last, fmt, tuple(dict.fromkeys(metrics)), dataset, best_by, best_only)
         try:
             try:
-                _render(store, view)
+                shown = _render(store, view)
             except SchemaMissing:  # `watch` may be creating it this very moment
                 store.wait_for_schema(5.0)
-                _render(store, view)
+                shown = _render(store, view)
         except BrokenPipeError:  # `evaluator report | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        if not shown:
+            where = f" for {view.directory}" if view.directory else ""
+            click.echo(f"evaluator: no evaluations recorded{where} in {store.url}", err=True)
+            return EXIT_NO_ROWS if view.directory else 0
     return 0
 
 
@@ -240,21 +298,82 @@ class _View:
     metrics: tuple[str, ...]
     dataset: str | None
     best_by: str | None
+    best_only: bool = False
 
 
-def _render(store: Any, view: _View) -> None:
+def _render(store: Any, view: _View) -> int:
+    """Write the report; returns how many rows it showed."""
     from evaluator import report as report_module
 
     with store.streaming_history(view.directory, view.last, view.best_by, view.dataset) as history:
+        rows = history.rows if not view.best_only else iter(list(history.best.values()))
+        counted = _Counted(rows)
         if view.fmt != "table":
-            report_module.render(history, view.fmt, sys.stdout, view.metrics)
-            return
-        rows = list(history.rows)
-        if not rows:
-            where = f" for {view.directory}" if view.directory else ""
-            click.echo(f"no evaluations recorded{where} in {store.url}", err=True)
-            return
-        report_module.render(replace(history, rows=rows), view.fmt, sys.stdout, view.metrics)
+            report_module.render(replace(history, rows=counted), view.fmt, sys.stdout, view.metrics)
+            return counted.count
+        listed = list(counted)
+        if listed:
+            report_module.render(replace(history, rows=listed), view.fmt, sys.stdout, view.metrics)
+        return len(listed)
+
+
+class _Counted:
+    """An iterator that counts what went through it (a streamed report's rows)."""
+
+    def __init__(self, items: Any) -> None:
+        self._items = iter(items)
+        self.count = 0
+
+    def __iter__(self) -> _Counted:
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._items)
+        self.count += 1
+        return item
+
+
+@cli.command()
+@click.option("--model-dir", "model_dirs", multiple=True, type=click.Path(file_okay=False, path_type=str),
+              help="A model directory to draw (repeatable). Default: every one in the database.")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="A metric to draw, one panel each (repeatable). Default: accuracy and loss.")
+@click.option("--dataset", metavar="NAME", help="The validation set. Default: each run's first.")
+@click.option("--best-by", metavar="NAME", help="The metric the best point (★) is chosen by. Default: the first metric.")
+@click.option("-o", "--out", default="evaluations.png", show_default=True, type=click.Path(dir_okay=False),
+              help="The picture to write: .png or .svg.")
+@db_option
+def plot(model_dirs: tuple[str, ...], metrics: tuple[str, ...], dataset: str | None, best_by: str | None,
+         out: str, db_url: str | None) -> int:
+    """Draw the metrics by step of one or several model directories, the best point marked.
+
+    Needs matplotlib: pip install 'evaluator[plot]'.
+
+    \b
+    Examples:
+      evaluator plot -o runs.png
+      evaluator plot --model-dir runs/a --model-dir runs/b --metric accuracy --metric top_k_accuracy:5 -o ab.svg
+    """
+    from evaluator import plot as plot_module
+    from evaluator.evaluation import History
+    from evaluator.store import Store, resolve_url
+
+    chosen = list(dict.fromkeys(metrics)) or ["accuracy", "loss"]
+    directories = [normalize_model_dir(d) for d in model_dirs] or [None]
+    rows: list[Any] = []
+    best: dict[Any, Any] = {}
+    with Store.open(resolve_url(db_url), create=False) as store:
+        for directory in directories:
+            history = store.history(directory, last=MAX_LAST, best_by=best_by or chosen[0], dataset=dataset)
+            rows += list(history.rows)
+            best.update(history.best)
+    if not rows:
+        click.echo(f"evaluator: no evaluations recorded in {store.url}", err=True)
+        return EXIT_NO_ROWS
+    drawn = plot_module.draw(History(rows=rows, best=best, best_by=best_by or chosen[0], dataset=dataset),
+                             chosen, dataset, out)
+    click.echo(f"wrote {out}: {drawn} line(s) of {', '.join(chosen)}")
+    return 0
 
 
 @cli.command()
@@ -360,6 +479,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _fail(message: str, code: int) -> None:
+    """One line on stderr: `evaluator: error: ...`, or with JSON logs an `error` event."""
     text = " ".join(message.split())
-    click.echo(f"evaluator: error: {text}", err=True)
+    if "evaluator.log" in sys.modules and sys.modules["evaluator.log"].json_active():
+        sys.modules["evaluator.log"].get().error("error", error=text, exit_code=code or EXIT_CONFIG)
+    else:
+        click.echo(f"evaluator: error: {text}", err=True)
     sys.exit(code or EXIT_CONFIG)

@@ -17,6 +17,8 @@ EXIT_INCOMPLETE = 3
 #: or replaced; the task or its environment failing on every try): a restart may succeed
 #: (EX_TEMPFAIL from sysexits.h). Nothing was lost: what has no row is evaluated again.
 EXIT_TEMPORARY = 75
+#: `report` / `plot` found no rows for what they were asked to show.
+EXIT_NO_ROWS = 4
 
 
 class EvaluatorError(Exception):

@@ -63,6 +63,19 @@ class WatchOptions:
     db_wait: float = 60.0
     #: Built-in metrics (metrics.py) computed besides the defaults and the task's own.
     metrics: tuple[str, ...] = ()
+    #: TensorBoard summaries: written unless False; into summary_dir (default MODEL_DIR/eval).
+    summaries: bool = True
+    summary_dir: str | None = None
+    #: How many best checkpoints to keep (0: none), by which metric (None: accuracy, else loss), where.
+    keep_best: int = 1
+    best_metric: str | None = None
+    export_dir: str | None = None
+    #: Exports of each kept checkpoint beyond its files: "savedmodel", "frozen".
+    export: tuple[str, ...] = ()
+    #: The end of training: a step, a quiet spell (seconds), a file training writes when done.
+    until_step: int | None = None
+    idle_timeout: float | None = None
+    done_file: str | None = None
 
     def settings(self) -> dict[str, Any]:
         """What decides the numbers an evaluation records (stored with each row, compared at start)."""

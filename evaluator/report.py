@@ -27,12 +27,23 @@ _TABLE_METRICS = 6
 
 
 def records(history: History, columns: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
-    """One plain dict per row (ISO 8601 UTC times), the shape of the JSON and CSV outputs, as the
-    rows come (a report of any size in constant memory); `columns`: metrics added as fields."""
+    """One plain dict per row (ISO 8601 UTC times, floats to 7 significant digits), the shape of the
+    JSON and CSV outputs, as the rows come (a report of any size in constant memory); `columns`:
+    metrics added as fields."""
     for row in history.rows:
         record = _record(row, history.is_best(row))
         record.update({name: metric_value(row, name, history.dataset) for name in columns})
-        yield record
+        yield _short(record)
+
+
+def _short(value: Any) -> Any:
+    """Floats without float noise (0.8944444444444445 -> 0.8944444): 7 significant digits is far
+    below any metric's sampling error, and timings are noisier still."""
+    if isinstance(value, float):
+        return float(f"{value:.7g}")
+    if isinstance(value, dict):
+        return {key: _short(item) for key, item in value.items()}
+    return value
 
 
 def render(history: History, fmt: str, out: IO[str], columns: tuple[str, ...] = ()) -> None:
@@ -44,11 +55,16 @@ def render(history: History, fmt: str, out: IO[str], columns: tuple[str, ...] = 
         names = [*FIELDS, *(name for name in columns if name not in FIELDS)]
         writer = csv.DictWriter(out, fieldnames=names, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(records(history, columns))
+        writer.writerows({key: _csv(value) for key, value in record.items()} for record in records(history, columns))
     elif fmt == "table":
         _tables(history, out, columns)
     else:
         raise ValueError(f"unknown format {fmt!r}")
+
+
+def _csv(value: Any) -> Any:
+    """Booleans as JSON and most tools spell them."""
+    return ("true" if value else "false") if isinstance(value, bool) else value
 
 
 def metric_value(row: Evaluation, name: str, dataset: str | None = None) -> float | None:

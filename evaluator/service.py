@@ -26,9 +26,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from evaluator import checkpoints, log
+from evaluator.actions import Action, Recorded
 from evaluator.backlog import Backlog, Pending, utcnow
 from evaluator.checkpoints import Checkpoint
 from evaluator.claims import Heartbeat, died_here, owner_id
+from evaluator.ending import Ending
 from evaluator.errors import (
     EXIT_INCOMPLETE,
     EXIT_OK,
@@ -99,6 +101,11 @@ class Service:
         self._consecutive_faults = 0
         self._failed_this_run = 0
         self._said_waiting = False
+        self.actions: list[Action] = []
+        self.ending = Ending(options.until_step, options.idle_timeout,
+                             os.path.join(self.model_dir, options.done_file) if options.done_file else None)
+        #: Set when the done file appeared: evaluate what is pending, then stop (like --once).
+        self._finishing = False
 
     # -- the whole run ----------------------------------------------------------------------
 
@@ -132,6 +139,7 @@ class Service:
         self._rows_loaded_at = time.monotonic()
         self.log.info("database ready", db=describe(self.options.db_url), revision=self.store.revision(),
                       recorded=self.backlog.recorded_count())
+        self.actions = self._start_actions()
         self.heartbeat = Heartbeat(self.store, self.owner, self.options.lease)
         self.heartbeat.start()
         if not self.options.once:
@@ -140,6 +148,26 @@ class Service:
                                    poll=self.options.poll, poll_interval=self.options.poll_interval)
             self.watcher.start()
         self.notifier.ready(self._status_line())
+
+    def _start_actions(self) -> list[Action]:
+        """The actions asked for, each caught up with the rows already recorded."""
+        from evaluator.actions.setup import build_actions
+
+        assert self.store is not None and self.model is not None
+        actions = build_actions(self.options, self.model_dir, self.model, self.log)
+        if not actions:
+            return actions
+        rows = list(self.store.ok_rows(self.model_dir, self.options.name))
+        for action in actions:
+            self._run_action(action, "catch up", lambda a=action: a.catch_up(rows))
+        return actions
+
+    def _run_action(self, action: Action, what: str, run: Any) -> None:
+        """An action's failure is logged, never the daemon's end."""
+        try:
+            run()
+        except Exception as err:  # noqa: BLE001 - summaries or exports must not stop evaluations
+            self.log.warning(f"{action.name} failed to {what}", error=f"{type(err).__name__}: {first_line(err)}")
 
     def _db_retry(self, reason: str, delay: float) -> None:
         self.log.warning("database unavailable at start; retrying", error=reason, retry_in=delay)
@@ -191,6 +219,8 @@ class Service:
             self.watcher.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
+        for action in self.actions:
+            self._run_action(action, "close", action.close)
         if self.model is not None:
             self.model.close()
         if self.store is not None:
@@ -204,7 +234,7 @@ class Service:
 
     def _exit_code(self) -> int:
         """--once: EXIT_INCOMPLETE when something could not be evaluated, so cron and CI notice."""
-        if not self.options.once or self.shutdown.requested:
+        if not self.options.once or self.shutdown.requested or self.ending.reason:
             return EXIT_OK
         waiting = [p.checkpoint.name for p in self.backlog.waiting_for_files()]
         problems = {
@@ -223,6 +253,8 @@ class Service:
     def _loop(self) -> None:
         while not self.shutdown.requested:
             present = self._ensure_watch()
+            if present and not self._finishing and self.ending.done_file_seen():
+                self._finish("done file found; evaluating what is pending, then stopping")
             if present or (self.options.once and not self.options.wait_for_dir):
                 self._busy.set()
                 try:
@@ -230,9 +262,26 @@ class Service:
                 finally:
                     self._busy.clear()
                 self._say_what_it_waits_for()
-                if self.options.once and self.backlog.next_due_in() is None:
-                    return
+                if self._once and self.backlog.next_due_in() is None:
+                    if self._finishing:
+                        self.ending.reason = f"training wrote {self.options.done_file}; everything pending was evaluated"
+                    break
+                self.ending.quiet(nothing_pending=len(self.backlog) == 0)
+            if self.ending.reason:
+                break
             self._idle(present)
+        if self.ending.reason and not self.shutdown.requested:
+            self.log.info("training is over; stopping", reason=self.ending.reason)
+
+    @property
+    def _once(self) -> bool:
+        """Evaluate what is pending and stop: --once, or the done file appeared."""
+        return self.options.once or self._finishing
+
+    def _finish(self, message: str) -> None:
+        self._finishing = True
+        self._last_rescan = -math.inf  # look at the whole directory once more first
+        self.log.info(message, done_file=self.options.done_file)
 
     def _say_what_it_waits_for(self) -> None:
         """Once, after the first pass over a directory holding no checkpoint at all: say what would be one."""
@@ -256,36 +305,49 @@ class Service:
         absent = [p for p in self.backlog.due() if not checkpoints.exists(p.checkpoint.path)]
         done = self._settle_absent(absent)
         tried = {p.checkpoint.name for p in absent}
-        while not self.shutdown.requested:
+        while not self.shutdown.requested and not self.ending.reason:
             pending = self.backlog.first_due(skip=tried)
             if pending is None:
                 break
             tried.add(pending.checkpoint.name)
+            held = checkpoints.hold(pending.checkpoint.path) if self.actions else {}
             try:
-                evaluation = self._attempt(pending)
-            except Abandoned:
-                self.log.warning("evaluation abandoned for shutdown; it runs again at the next start",
-                                 checkpoint=pending.checkpoint.name)
+                outcome = self._evaluate_one(pending, held)
+            finally:
+                checkpoints.release(held)
+            if outcome == "stop":
                 break
-            if evaluation is None:
-                if self._consecutive_faults:
-                    break  # the task or the machine is failing: wait for the backoff
-                continue
-            recorded = self._record(pending, evaluation)
-            self.heartbeat.holding.clear()  # type: ignore[union-attr]
-            if not recorded:
-                break
-            done += 1
+            done += outcome == "recorded"
         return done
+
+    def _evaluate_one(self, pending: Pending, held: dict[str, Any]) -> str:
+        """Claim, evaluate, record and act on one checkpoint: "recorded", "skipped" or "stop"."""
+        try:
+            evaluation = self._attempt(pending)
+        except Abandoned:
+            self.log.warning("evaluation abandoned for shutdown; it runs again at the next start",
+                             checkpoint=pending.checkpoint.name)
+            return "stop"
+        if evaluation is None:
+            return "stop" if self._consecutive_faults else "skipped"  # failing: wait for the backoff
+        recorded = self._record(pending, evaluation)
+        self.heartbeat.holding.clear()  # type: ignore[union-attr]
+        if not recorded:
+            return "stop"
+        self.ending.recorded(evaluation)
+        after = Recorded(evaluation, held, self.model)
+        for action in self.actions:
+            self._run_action(action, f"act on {evaluation.checkpoint}", lambda a=action: a.after(after))
+        return "recorded"
 
     def _idle(self, present: bool) -> None:
         """Wait for the next wake; the database connection is released once the quiet lasts
         RELEASE_AFTER seconds (within a burst it stays open: reconnecting costs milliseconds)."""
         self.notifier.ping()
         timeout = self.options.rescan_interval if present else min(self.options.rescan_interval, MISSING_DIR_TICK)
-        due_in = self.backlog.next_due_in()
-        if due_in is not None:
-            timeout = min(timeout, due_in)
+        for due_in in (self.backlog.next_due_in(), self.ending.wake_in()):
+            if due_in is not None:
+                timeout = min(timeout, max(due_in, 0.05))
         if self.notifier.watchdog_interval:
             timeout = min(timeout, self.notifier.watchdog_interval / 2)
         quiet = min(timeout, RELEASE_AFTER)
@@ -365,6 +427,8 @@ class Service:
         self._log_detected(self.backlog.found_on_disk(found), "directory scan")
 
     def _log_detected(self, new: list[Checkpoint], source: str) -> None:
+        if new:
+            self.ending.activity()
         if len(new) <= DETAIL_LINES:
             for ckpt in new:
                 self.log.info("checkpoint detected", checkpoint=ckpt.name, step=ckpt.name_step, source=source)
@@ -383,8 +447,8 @@ class Service:
     def _settle_absent(self, absent: list[Pending]) -> int:
         """Record the absent checkpoints that count as missing, in one transaction; the others wait
         for their files. Returns how many rows were written."""
-        missing = [p for p in absent if self.backlog.is_missing(p, once=self.options.once)]
-        if not self.options.once:
+        missing = [p for p in absent if self.backlog.is_missing(p, once=self._once)]
+        if not self._once:
             decided = {p.checkpoint.name for p in missing}
             for pending in absent:
                 if pending.checkpoint.name not in decided:
@@ -413,7 +477,7 @@ class Service:
         if pending.seen_on_disk:
             return f"{pending.checkpoint.name} was deleted before it could be read (training's max_to_keep?)"
         return (f"{pending.checkpoint.name} is listed in the state file but never appeared on disk "
-                + ("while newer checkpoints did" if self.options.once
+                + ("while newer checkpoints did" if self._once
                    else f"within {self.backlog.grace:g} s while newer checkpoints did"))
 
     # -- one checkpoint ---------------------------------------------------------------------

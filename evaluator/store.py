@@ -67,9 +67,17 @@ def default_url() -> str:
     return "sqlite:///" + os.path.join(state_home, "evaluator", "evaluations.db")
 
 
+#: A --db without "://" ending like this is a SQLite file's path.
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
 def resolve_url(url: str | None) -> str:
-    """--db, else $EVALUATOR_DB, else the default SQLite file."""
-    return url or os.environ.get(DB_ENV) or default_url()
+    """--db, else $EVALUATOR_DB, else the default SQLite file. A plain path to a `.db` (`.sqlite`)
+    file, or any path with a directory in it, means that SQLite file."""
+    url = url or os.environ.get(DB_ENV) or default_url()
+    if "://" not in url and (url.lower().endswith(SQLITE_SUFFIXES) or os.sep in url):
+        return "sqlite:///" + os.path.abspath(os.path.expanduser(url))
+    return url
 
 
 def describe(url: str) -> str:
@@ -437,6 +445,16 @@ class Store:
         except DBAPIError as err:
             raise DatabaseError(f"cannot read {self.url}: {_reason(err)}") from err
 
+    def ok_rows(self, model_dir: str, name: str) -> Iterator[Evaluation]:
+        """Every ok row of one evaluation with its metrics, by step (what actions catch up with)."""
+        with self._reading() as session:
+            stmt = (select(EvaluationRow).where(EvaluationRow.model_dir == model_dir, EvaluationRow.name == name,
+                                                EvaluationRow.status == Status.OK.value)
+                    .order_by(EvaluationRow.step.asc().nulls_first(), EvaluationRow.id.asc())
+                    .execution_options(yield_per=_METRICS_CHUNK))
+            for chunk in session.scalars(stmt).partitions():
+                yield from self._with_metrics(session, chunk)
+
     @staticmethod
     def _with_metrics(session: Session, rows: Iterable[EvaluationRow]) -> Iterator[Evaluation]:
         rows = list(rows)
@@ -531,7 +549,8 @@ def _parse(url: str) -> URL:
         return make_url(url)
     except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         raise DatabaseError(
-            f"--db {url!r} is not a database URL (e.g. sqlite:////var/lib/evaluator/evaluations.db)"
+            f"--db {url!r} is not a database URL (e.g. sqlite:////var/lib/evaluator/evaluations.db, or a path "
+            "to a .db file, or postgresql+psycopg://user@host/db)"
         ) from None
 
 

@@ -63,9 +63,15 @@ def test_commands_that_do_not_evaluate_do_not_import_tensorflow(args: list[str],
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    """Exit 2 and one error: `evaluator: error: ...`, or, where `watch` logs JSON (stderr not a
+    terminal), an `error` event among lines that are every one of them JSON."""
     assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if not line.startswith(("I0000", "E0000", "W0000", "WARNING: All log"))]
-    errors = [line for line in lines if line.startswith("evaluator: error: ")]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if any(line.startswith("{") for line in lines):
+        events = [json.loads(line) for line in lines]  # every line: not one is left plain text
+        errors = [event["error"] for event in events if event["event"] == "error"]
+    else:
+        errors = [line for line in lines if line.startswith("evaluator: error: ")]
     assert len(errors) == 1, result.stderr
     assert fragment in errors[0], errors[0]
     assert "Traceback" not in result.stderr

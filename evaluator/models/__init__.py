@@ -62,6 +62,11 @@ class EvalModel(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
+    def export(self, fmt: str, target: str, prefix: str) -> None:
+        """Write `fmt` ("savedmodel", or "frozen" for graph tasks) of the checkpoint just evaluated
+        (its files kept at `prefix`) to `target`."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -25,12 +25,16 @@ class GraphModel:
     reads_weight_files = False
 
     def __init__(self, graph: tf.Graph, session: tf.compat.v1.Session, restorer: Restorer,
-                 validator: Validator, placement: Placement) -> None:
+                 validator: Validator, placement: Placement, task: Task | None = None, ema: bool = True,
+                 ema_name: str = EMA_NAME) -> None:
         self.graph = graph
         self.session = session
         self.restorer = restorer
         self.validator = validator
         self.placement = placement
+        self.task = task
+        self.ema = ema
+        self.ema_name = ema_name
 
     @classmethod
     def build(cls, task: Task, *, device: str = "auto", ema: bool = True, ema_name: str = EMA_NAME,
@@ -43,7 +47,7 @@ class GraphModel:
                 validator = Validator(task, batch_size=batch_size, extra_metrics=metrics)
             restorer = Restorer(graph, ema=ema, ema_name=ema_name)
         session = tf.compat.v1.Session(graph=graph, config=placement.config)
-        return cls(graph, session, restorer, validator, placement)
+        return cls(graph, session, restorer, validator, placement, task, ema, ema_name)
 
     @property
     def device(self) -> str:
@@ -75,6 +79,14 @@ class GraphModel:
 
     def describe(self) -> dict[str, object]:
         return {"kind": self.kind, "device": self.device, "operations": self.operations, **describe_metrics(self)}
+
+    def export(self, fmt: str, target: str, prefix: str) -> None:
+        """A SavedModel or a frozen GraphDef of the checkpoint at `prefix`, restored as evaluated
+        (models/export.py), from a serving graph of its own (a features placeholder, the inference)."""
+        from evaluator.models.export import graph_export
+
+        graph_export(fmt, self.task, self.validator.sets.sets[0].feature_spec, prefix, ema=self.ema,
+                     ema_name=self.ema_name, target=target)
 
     def close(self) -> None:
         self.session.close()

@@ -214,6 +214,16 @@ class KerasModel:
     def close(self) -> None:
         pass
 
+    def export(self, fmt: str, target: str, prefix: str) -> None:
+        """A SavedModel of the model as it is now: right after an evaluation, the weights (averages)
+        that were evaluated. `prefix` is not read: the weights are in memory."""
+        from evaluator.models.export import keras_savedmodel
+
+        if fmt != "savedmodel":
+            raise TaskError(f"a TF2 task exports a SavedModel, not {fmt}")
+        keras_savedmodel(self.model, self.batches[0].signature[0],
+                         lambda features: _forward(self.model, features, self._training_kwarg), target)
+
     def evaluate(self, checkpoint: Checkpoint, progress: Progress | None = None) -> Outcome:
         """Restore `checkpoint` and run the validation set; raises CheckpointError and its kin."""
         start = time.perf_counter()

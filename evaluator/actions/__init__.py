@@ -1,0 +1,45 @@
+"""What happens after a row is recorded: TensorBoard summaries, the best checkpoint kept and
+exported. The loop does not know what they do; it calls each in turn.
+
+Every action runs after its row is in the database, so a crash can repeat an action but never
+lose a row; each is idempotent (keyed by step or checkpoint), and at start each catches up with
+what the database holds (the database is the truth). An action that fails logs a warning: it
+never stops the evaluation of the next checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from evaluator.evaluation import Evaluation
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A recorded evaluation as the actions get it, with what only the moment after it holds."""
+
+    evaluation: Evaluation
+    #: The checkpoint's files, open since before the evaluation (name -> file object): what is
+    #: kept even if training deleted them meanwhile.
+    held: dict[str, Any]
+    #: The evaluation model, holding this checkpoint's (averaged) weights until the next one.
+    model: Any = None
+
+
+class Action(Protocol):
+    """A consumer of recorded evaluations."""
+
+    name: str
+
+    def catch_up(self, rows: Iterable[Evaluation]) -> None:
+        """At start: do what the database's rows (every ok row of this evaluation) call for and
+        was not done (a crash between the row and the action)."""
+        ...
+
+    def after(self, recorded: Recorded) -> None:
+        """Right after a row is written."""
+        ...
+
+    def close(self) -> None: ...

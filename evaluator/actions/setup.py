@@ -1,0 +1,56 @@
+"""Which actions a `watch` runs, from its options, checked against the evaluation model at start
+(a best metric it does not compute, a frozen graph of a TF2 model: configuration errors)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from evaluator.actions import Action
+from evaluator.errors import ConfigError
+from evaluator.evaluation import DEFAULT_NAME
+from evaluator.options import WatchOptions
+
+
+def summary_dir(options: WatchOptions, model_dir: str) -> str:
+    """--summary-dir, else MODEL_DIR/eval (Estimator's convention; eval_<name> for a named evaluation)."""
+    if options.summary_dir:
+        return os.path.abspath(options.summary_dir)
+    return os.path.join(model_dir, "eval" if options.name == DEFAULT_NAME else f"eval_{options.name}")
+
+
+def export_dir(options: WatchOptions, model_dir: str) -> str:
+    """--export-dir, else MODEL_DIR/export/best (best_<name> for a named evaluation)."""
+    if options.export_dir:
+        return os.path.abspath(options.export_dir)
+    return os.path.join(model_dir, "export", "best" if options.name == DEFAULT_NAME else f"best_{options.name}")
+
+
+def build_actions(options: WatchOptions, model_dir: str, model: Any, log: Any) -> list[Action]:
+    actions: list[Action] = []
+    if options.summaries:
+        from evaluator.actions.summaries import Summaries
+
+        actions.append(Summaries(summary_dir(options, model_dir), log))
+    if options.keep_best > 0:
+        from evaluator.actions.export import BestExport
+
+        check_best_metric(options.best_metric, model)
+        if "frozen" in options.export and model.kind != "graph":
+            raise ConfigError("--export frozen writes a frozen tf.compat.v1 GraphDef: it is for graph tasks "
+                              "(inference()); a TF2 task exports --export savedmodel")
+        actions.append(BestExport(export_dir(options, model_dir), model_dir, options.best_metric, options.keep_best,
+                                  ("checkpoint", *options.export), log))
+    return actions
+
+
+def check_best_metric(metric: str | None, model: Any) -> None:
+    """ConfigError unless the model computes `metric` (`NAME`, or `SET/NAME`)."""
+    if metric is None:
+        return
+    dataset, _, name = metric.rpartition("/")
+    names = list(model.suite.names)
+    if name not in names or (dataset and dataset not in model.sets.names):
+        sets = f"; validation sets: {', '.join(model.sets.names)}" if model.sets.named else ""
+        raise ConfigError(f"--best-metric {metric}: this task computes {', '.join(names)}{sets} "
+                          "(SET/NAME chooses another set than the first)")
