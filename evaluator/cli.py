@@ -154,6 +154,7 @@ def cli() -> None:
 @click.option("--summaries/--no-summaries", default=True, show_default=True,
               help="Write each checkpoint's metrics as TensorBoard scalars at its step.")
 @click.option("--summary-dir", type=click.Path(file_okay=False, path_type=str), metavar="DIR",
+              envvar="EVALUATOR_SUMMARY_DIR", show_envvar=True,
               help="Where the event files go. Default: MODEL_DIR/eval (MODEL_DIR/eval_NAME with --name), "
                    "so `tensorboard --logdir MODEL_DIR` shows training and evaluation together.")
 @click.option("--best-metric", metavar="NAME",
@@ -162,6 +163,7 @@ def cli() -> None:
 @click.option("--keep-best", type=click.IntRange(min=0), default=1, show_default=True, metavar="N",
               help="Keep the N best checkpoints where training's max_to_keep cannot delete them (0: keep none).")
 @click.option("--export-dir", type=click.Path(file_okay=False, path_type=str), metavar="DIR",
+              envvar="EVALUATOR_EXPORT_DIR", show_envvar=True,
               help="Where the best checkpoints are kept. Default: MODEL_DIR/export/best (best_NAME with --name).")
 @click.option("--export", "exports", multiple=True, type=click.Choice(EXPORT_FORMATS),
               help="Also write each kept checkpoint as a SavedModel (EXPORT_DIR/savedmodel/STEP, signature "

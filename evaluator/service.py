@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from evaluator import checkpoints, log
 from evaluator.actions import Action, Recorded
+from evaluator.actions.setup import build_actions
 from evaluator.backlog import Backlog, Pending, utcnow
 from evaluator.checkpoints import Checkpoint
 from evaluator.claims import Heartbeat, died_here, owner_id
@@ -102,6 +103,7 @@ class Service:
         self._failed_this_run = 0
         self._said_waiting = False
         self.actions: list[Action] = []
+        self._action_errors: dict[str, str] = {}
         self.ending = Ending(options.until_step, options.idle_timeout,
                              os.path.join(self.model_dir, options.done_file) if options.done_file else None)
         #: Set when the done file appeared: evaluate what is pending, then stop (like --once).
@@ -133,13 +135,14 @@ class Service:
                       mode="once" if self.options.once else ("poll" if self.options.poll else "events"))
         log.quiet_tensorflow()
         self.model = self._build(load_task(self.options.task))
+        self.actions = build_actions(self.options, self.model_dir, self.model, self.log)
         self.store = Store.prepare(self.options.db_url, wait=self.options.db_wait, on_retry=self._db_retry)
         self._check_settings()
         self.backlog.set_recorded(self.store.recorded(self.model_dir, self.options.name))
         self._rows_loaded_at = time.monotonic()
         self.log.info("database ready", db=describe(self.options.db_url), revision=self.store.revision(),
                       recorded=self.backlog.recorded_count())
-        self.actions = self._start_actions()
+        self._catch_up()
         self.heartbeat = Heartbeat(self.store, self.owner, self.options.lease)
         self.heartbeat.start()
         if not self.options.once:
@@ -149,25 +152,27 @@ class Service:
             self.watcher.start()
         self.notifier.ready(self._status_line())
 
-    def _start_actions(self) -> list[Action]:
-        """The actions asked for, each caught up with the rows already recorded."""
-        from evaluator.actions.setup import build_actions
-
-        assert self.store is not None and self.model is not None
-        actions = build_actions(self.options, self.model_dir, self.model, self.log)
-        if not actions:
-            return actions
+    def _catch_up(self) -> None:
+        """Each action does what the rows already recorded call for and it has not done."""
+        assert self.store is not None
+        if not self.actions:
+            return
         rows = list(self.store.ok_rows(self.model_dir, self.options.name))
-        for action in actions:
+        for action in self.actions:
             self._run_action(action, "catch up", lambda a=action: a.catch_up(rows))
-        return actions
 
     def _run_action(self, action: Action, what: str, run: Any) -> None:
-        """An action's failure is logged, never the daemon's end."""
+        """An action's failure is logged (a repeat of the same failure at debug level: a read-only
+        directory would say so on every checkpoint), never the daemon's end."""
         try:
             run()
         except Exception as err:  # noqa: BLE001 - summaries or exports must not stop evaluations
-            self.log.warning(f"{action.name} failed to {what}", error=f"{type(err).__name__}: {first_line(err)}")
+            error = f"{type(err).__name__}: {first_line(err)}"
+            repeated = self._action_errors.get(action.name) == error
+            self._action_errors[action.name] = error
+            hint = ("; give --summary-dir / --export-dir a writable directory (or --no-summaries, --keep-best 0)"
+                    if isinstance(err, PermissionError) or "Read-only" in error else "")
+            (self.log.debug if repeated else self.log.warning)(f"{action.name} failed to {what}{hint}", error=error)
 
     def _db_retry(self, reason: str, delay: float) -> None:
         self.log.warning("database unavailable at start; retrying", error=reason, retry_in=delay)

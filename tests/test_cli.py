@@ -89,6 +89,8 @@ def one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> N
     (["watch", ".", "--task", "x:Y", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'gpu'"),
     (["watch", ".", "--task", "x:Y", "--metric", "top5"], "'top5' is not a built-in metric; they are accuracy"),
     (["watch", ".", "--task", "x:Y", "--metric", "top_k_accuracy:0"], "top_k_accuracy:K"),
+    (["watch", ".", "--task", "x:Y", "--idle-timeout", "soon"], "'soon' is not a duration (e.g. 90, 90s, 15m, 2h)"),
+    (["watch", ".", "--task", "x:Y", "--idle-timeout", "-5m"], "a duration is a positive number"),
 ])
 def test_bad_arguments(args: list[str], fragment: str) -> None:
     one_line_error(run_cli(*args), fragment)
@@ -112,6 +114,10 @@ def test_watch_bad_inputs_write_nothing(tmp_path: Path, trained_dir: Path, db: P
         (["watch", str(trained_dir), "--task", DIGITS_TASK, "--db", "not a url", "--once"], "is not a database URL"),
         (["watch", str(trained_dir), "--task", DIGITS_TASK, "--metric", "mae", *base],
          "metric 'mae' (mae) does not apply to a classification task (defaults there: accuracy, loss)"),
+        (["watch", str(trained_dir), "--task", DIGITS_TASK, "--best-metric", "f1", *base],
+         "--best-metric f1: this task computes accuracy, loss"),
+        (["watch", str(trained_dir), "--task", f"{ROOT / 'examples' / 'keras' / 'task.py'}:TASK", "--export", "frozen",
+          *base], "--export frozen writes a frozen tf.compat.v1 GraphDef: it is for graph tasks"),
     ]
     for args, fragment in cases:
         one_line_error(run_cli(*args), fragment)
@@ -181,3 +187,15 @@ def test_a_task_with_neither_model_nor_inference_says_both(tmp_path: Path, train
     one_line_error(result, "TASK has neither model() (TF2: returns the Keras model or tf.Module) nor inference")
     misspelt = run_cli("watch", str(trained_dir), "--task", f"{task}:TAKS", "--once", "--db", sqlite_url(db))
     one_line_error(misspelt, "has no attribute 'TAKS' (it has T, TASK)")
+
+
+def test_report_of_a_directory_without_rows_and_db_as_a_path(tmp_path: Path, trained_dir: Path) -> None:
+    """--db may be a plain path to a .db file; --model-dir with no rows says so with exit status 4."""
+    path = tmp_path / "plain.db"
+    assert run_cli("db", "upgrade", "--db", str(path)).returncode == 0
+    assert path.is_file()
+    empty = run_cli("report", "--db", str(path), "--model-dir", str(trained_dir), "--format", "json")
+    assert empty.returncode == 4 and json.loads(empty.stdout) == []
+    assert f"no evaluations recorded for {trained_dir}" in empty.stderr
+    everything = run_cli("report", "--db", str(path))
+    assert everything.returncode == 0 and "no evaluations recorded in" in everything.stderr

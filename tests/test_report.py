@@ -70,3 +70,18 @@ def test_json_streams_any_number_of_rows_as_one_valid_document() -> None:
     render(History(rows=rows, best={}), "json", out)  # type: ignore[arg-type]
     data = json.loads(out.getvalue())
     assert len(data) == 5000 and data[0]["checkpoint"] == "model.ckpt-200"
+
+
+def test_csv_spells_booleans_as_json_does_and_floats_carry_no_noise() -> None:
+    noisy = Evaluation(model_dir="/jobs/c", checkpoint="m-1", step=1, status=Status.OK, accuracy=0.8944444444444445,
+                       loss=0.5855792171735731, examples=360, ema_source="keras", eval_seconds=0.0009530780007480644,
+                       evaluated_at=WHEN, metrics={"validation": {"accuracy": 0.8944444444444445, "examples": 360}})
+    history = History(rows=[noisy], best={("/jobs/c", "default"): noisy})
+    out = io.StringIO()
+    render(history, "csv", out)
+    (line,) = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert (line["ema"], line["best"], line["accuracy"], line["eval_seconds"]) == ("true", "true", "0.8944444", "0.000953078")
+    out = io.StringIO()
+    render(history, "json", out)
+    (record,) = json.loads(out.getvalue())
+    assert record["accuracy"] == 0.8944444 and record["metrics"]["validation"] == {"accuracy": 0.8944444, "examples": 360}

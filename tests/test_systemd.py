@@ -67,8 +67,8 @@ def exposure(root: Path) -> float:
     return float(match.group(1))
 
 
-@pytest.mark.parametrize("drop_ins", [(), ("gpu.conf",), ("gpu.conf", "network.conf")],
-                         ids=["unit", "unit+gpu", "unit+gpu+network"])
+@pytest.mark.parametrize("drop_ins", [(), ("gpu.conf",), ("gpu.conf", "network.conf"), ("outputs.conf",)],
+                         ids=["unit", "unit+gpu", "unit+gpu+network", "unit+outputs"])
 def test_units_verify(tmp_path: Path, drop_ins: tuple[str, ...]) -> None:
     assert verify(make_root(tmp_path, drop_ins)) == []
 
@@ -117,6 +117,15 @@ def test_the_unit_agrees_with_the_code() -> None:
     assert seconds(unit["WatchdogSec"][0]) >= 10
     assert unit["StateDirectory"] == ["evaluator"]
     assert "/var/lib/evaluator/" in unit["Environment"][0]
+    # The model directory is read-only to the unit: summaries and kept checkpoints go to its state
+    # directory, per instance, through the environment variables `watch` reads for those options.
+    outputs = dict(value.split("=", 1) for value in unit["Environment"])
+    assert outputs["EVALUATOR_SUMMARY_DIR"] == "/var/lib/evaluator/%i/eval"
+    assert outputs["EVALUATOR_EXPORT_DIR"] == "/var/lib/evaluator/%i/export"
+    from evaluator.cli import watch
+
+    envvars = {param.envvar for param in watch.params}
+    assert {"EVALUATOR_SUMMARY_DIR", "EVALUATOR_EXPORT_DIR"} <= envvars
     example = settings(SYSTEMD / "evaluator.env.example")
     assert {"MODEL_DIR", "TASK"} <= set(example)
 
