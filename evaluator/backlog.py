@@ -180,12 +180,15 @@ class Backlog:
         with self._lock:
             return sorted((p for p in self._pending.values() if p.not_before <= now), key=lambda p: p.sort_key)
 
-    def first_due(self, skip: set[str]) -> Pending | None:
-        """The oldest-step pending checkpoint that may be tried now, not named in `skip`. Asked
-        afresh before each evaluation: checkpoints found meanwhile take their place in step order."""
+    def first_due(self, skip: set[str], newest: bool = False) -> Pending | None:
+        """The oldest-step (or `newest`) pending checkpoint that may be tried now, not named in `skip`.
+        Asked afresh before each evaluation: checkpoints found meanwhile take their place in step order."""
         now = time.monotonic()
         with self._lock:
             due = [p for p in self._pending.values() if p.not_before <= now and p.checkpoint.name not in skip]
+            if newest:
+                return max(due, key=lambda p: (p.checkpoint.name_step is not None, p.checkpoint.name_step or 0,
+                                               p.order), default=None)
             return min(due, key=lambda p: p.sort_key, default=None)
 
     def next_due_in(self) -> float | None:

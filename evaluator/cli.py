@@ -19,7 +19,16 @@ from evaluator import __version__
 from evaluator.checkpoints import EMA_NAME, normalize_model_dir
 from evaluator.errors import EXIT_CONFIG, EXIT_NO_ROWS, EvaluatorError
 from evaluator.evaluation import DEFAULT_NAME, Status
-from evaluator.options import DB_ENV, DEVICES, LOG_FORMATS, LOG_LEVELS, METRIC_NAMES, WatchOptions, is_metric_name
+from evaluator.options import (
+    DB_ENV,
+    DEVICES,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    METRIC_NAMES,
+    ORDERS,
+    WatchOptions,
+    is_metric_name,
+)
 from evaluator.report import FORMATS as REPORT_FORMATS
 
 EXPORT_FORMATS = ("savedmodel", "frozen")
@@ -103,7 +112,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("model_dir", type=click.Path(file_okay=False, path_type=str))
+@click.argument("model_dirs", nargs=-1, type=click.Path(file_okay=False, path_type=str))
 @click.option("--task", "task_spec", required=True, envvar="EVALUATOR_TASK", show_envvar=True,
               metavar="SPEC",
               help="The model and validation data: package.module:NAME or path/to/file.py:NAME, an "
@@ -175,15 +184,24 @@ def cli() -> None:
               help="Stop (exit 0) after nothing new for this long: 90, 90s, 15m, 2h.")
 @click.option("--done-file", metavar="NAME",
               help="When training writes MODEL_DIR/NAME, evaluate what is pending and stop (exit 0).")
+@click.option("--root", "roots", multiple=True, type=click.Path(file_okay=False, path_type=str), metavar="DIR",
+              help="Serve every directory below DIR (to --depth) that holds a `checkpoint` state file (or Keras "
+                   "weight files), found as runs appear, forgotten when they disappear. Repeatable.")
+@click.option("--depth", type=click.IntRange(min=0, max=20), default=3, show_default=True, metavar="N",
+              help="With --root: how many directory levels below it to look for runs.")
+@click.option("--order", type=click.Choice(ORDERS), default="oldest", show_default=True,
+              help="Which pending checkpoint of a run first: every one oldest step first, or the newest first "
+                   "(behind a fast trainer, the latest numbers now and the older ones after).")
 @log_options
-def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, name: str, poll: bool,
+def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order: str, task_spec: str, db_url: str | None, once: bool, name: str, poll: bool,
           poll_interval: float, rescan_interval: float, wait_for_dir: bool, ema: bool, ema_name: str,
           device: str, batch_size: int | None, stop_grace: float, missing_grace: float, retries: int,
           lease: float, db_wait: float, metrics: tuple[str, ...], summaries: bool, summary_dir: str | None,
           best_metric: str | None, keep_best: int, export_dir: str | None, exports: tuple[str, ...],
           until_step: int | None, idle_timeout: float | None, done_file: str | None, log_format: str,
           log_level: str) -> int:
-    """Evaluate every checkpoint in MODEL_DIR, then each new one as training writes it.
+    """Evaluate every checkpoint in MODEL_DIR (one or several, or every run below --root), then
+    each new one as training writes it.
 
     Each checkpoint listed in MODEL_DIR/checkpoint (or on disk beside those listed, and, for a
     TF2 task, each *.weights.h5 / *.keras file) is restored into the model built once from
@@ -215,8 +233,11 @@ def watch(model_dir: str, task_spec: str, db_url: str | None, once: bool, name: 
 
     log.configure(log_format, log_level)
 
+    if not model_dirs and not roots:
+        raise click.UsageError("give a MODEL_DIR (or several), or --root DIR")
     options = WatchOptions(
-        model_dir=model_dir, task=task_spec, db_url=resolve_url(db_url), once=once, poll=poll,
+        model_dir=model_dirs[0] if model_dirs else "", model_dirs=tuple(model_dirs[1:]), roots=tuple(roots),
+        depth=depth, order=order, task=task_spec, db_url=resolve_url(db_url), once=once, poll=poll,
         poll_interval=poll_interval, rescan_interval=rescan_interval, wait_for_dir=wait_for_dir,
         ema=ema, ema_name=ema_name, device=device, batch_size=batch_size, stop_grace=stop_grace,
         name=name, missing_grace=missing_grace, retries=retries, lease=lease, db_wait=db_wait,
@@ -333,6 +354,56 @@ class _Counted:
         item = next(self._items)
         self.count += 1
         return item
+
+
+@cli.command()
+@db_option
+@click.option("--format", "fmt", type=click.Choice(("table", "json")), default="table", show_default=True)
+def workers(db_url: str | None, fmt: str) -> int:
+    """Show the `watch` processes sharing the database: host, pid, what each evaluates now, and
+    the age of each one's heartbeat (alive while younger than its --lease; a worker that died
+    shows as gone, and another takes its claims over).
+
+    \b
+    Examples:
+      evaluator workers --db postgresql+psycopg://evaluator@db-host/evaluations
+    """
+    import json
+    from datetime import datetime, timezone
+
+    from evaluator.store import Store, resolve_url
+
+    with Store.open(resolve_url(db_url), create=False) as store:
+        found = store.workers()
+    now = datetime.now(timezone.utc)
+    if fmt == "json":
+        click.echo(json.dumps([{
+            "owner": w.owner, "host": w.host, "pid": w.pid, "alive": w.alive(now), "model_dirs": w.model_dirs,
+            "evaluating": w.evaluating, "evaluating_for_s": _age(w.evaluating_since, now),
+            "heartbeat_age_s": _age(w.heartbeat_at, now), "lease_s": w.lease, "started_at": w.started_at.isoformat(),
+        } for w in found], indent=2))
+        return 0
+    if not found:
+        click.echo("no workers: no `evaluator watch` is using this database", err=True)
+        return 0
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("host", "pid", "status", "heartbeat", "evaluating", "for", "watching"):
+        table.add_column(column)
+    for w in found:
+        status = "[green]alive[/green]" if w.alive(now) else "[red]gone[/red]"
+        table.add_row(w.host, str(w.pid), status, f"{_age(w.heartbeat_at, now):.0f} s ago",
+                      w.evaluating or "idle", f"{_age(w.evaluating_since, now):.0f} s" if w.evaluating_since else "",
+                      ", ".join(w.model_dirs))
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    return 0
+
+
+def _age(when: Any, now: Any) -> float | None:
+    return None if when is None else round((now - when).total_seconds(), 1)
 
 
 @cli.command()

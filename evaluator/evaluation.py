@@ -140,3 +140,22 @@ class History:
         """Whether `row` is its evaluation's best accuracy (lowest step on ties)."""
         best = self.best.get((row.model_dir, row.name))
         return best is not None and (best.checkpoint, best.fingerprint) == (row.checkpoint, row.fingerprint)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A `watch` process as the `workers` table knows it."""
+
+    owner: str
+    host: str
+    pid: int
+    lease: float
+    model_dirs: list[str]
+    started_at: datetime
+    evaluating: str | None = None
+    evaluating_since: datetime | None = None
+    heartbeat_at: datetime | None = None
+
+    def alive(self, now: datetime) -> bool:
+        """Whether its last heartbeat is younger than its lease (after that, its claims go too)."""
+        return self.heartbeat_at is not None and (now - self.heartbeat_at).total_seconds() <= self.lease

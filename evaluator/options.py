@@ -13,6 +13,7 @@ from evaluator.evaluation import DEFAULT_NAME
 DEVICES = ("auto", "cpu", "gpu")
 LOG_FORMATS = ("auto", "console", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ORDERS = ("oldest", "newest")
 #: The built-in metrics (evaluator.metrics), as `--metric` takes them: K and C are whole numbers.
 METRIC_NAMES = ("accuracy", "loss", "top_k_accuracy:K", "precision[:C]", "recall[:C]", "f1[:C]", "auc[:C]",
                 "mae", "mse", "rmse")
@@ -32,9 +33,17 @@ DB_ENV = "EVALUATOR_DB"
 class WatchOptions:
     """Everything `evaluator watch` was asked to do."""
 
+    #: The model directory (one), or see model_dirs / roots.
     model_dir: str
     task: str
     db_url: str
+    #: More model directories served by the same process (with model_dir, or instead of it).
+    model_dirs: tuple[str, ...] = ()
+    #: Directories whose subdirectories (to `depth` levels) holding checkpoints are served, as they appear.
+    roots: tuple[str, ...] = ()
+    depth: int = 3
+    #: Which pending checkpoint of a run first: "oldest" step (every one in order) or "newest".
+    order: str = "oldest"
     once: bool = False
     poll: bool = False
     #: Seconds between directory scans with --poll.
@@ -76,6 +85,11 @@ class WatchOptions:
     until_step: int | None = None
     idle_timeout: float | None = None
     done_file: str | None = None
+
+    @property
+    def directories(self) -> list[str]:
+        """Every model directory named (not the ones --root discovers)."""
+        return list(dict.fromkeys([d for d in (self.model_dir, *self.model_dirs) if d]))
 
     def settings(self) -> dict[str, Any]:
         """What decides the numbers an evaluation records (stored with each row, compared at start)."""

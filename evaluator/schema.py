@@ -130,3 +130,25 @@ class ClaimRow(Base):
     owner: Mapped[str] = mapped_column(String(255), index=True)
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WorkerRow(Base):
+    """A `watch` process sharing the database: where it runs and what it does, renewed by its
+    heartbeat (`evaluator workers`)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: host:pid:random, as in claims.owner.
+    owner: Mapped[str] = mapped_column(String(255), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    #: Seconds its claims live without a heartbeat: a heartbeat older than this means it is gone.
+    lease: Mapped[float] = mapped_column(Float)
+    #: JSON list of the model directories it watches.
+    model_dirs: Mapped[str] = mapped_column(Text)
+    #: The checkpoint (absolute path) it is evaluating now, and since when.
+    evaluating: Mapped[str | None] = mapped_column(Text)
+    evaluating_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,10 +1,13 @@
 """The daemon: start-up, the loop that evaluates every checkpoint exactly once, shutdown.
 
     wake (state-file event, an `.index` written, re-scan tick, start-up)
-      -> pending = checkpoints seen (state file, files on disk) without a row     (backlog.py)
-      -> for each, oldest step first: claim -> restore (EMA) -> validate -> record one row
-         (and drop the claim) -> log, STATUS
+      -> pending = checkpoints seen (state file, files on disk) without a row, per run   (runs.py)
+      -> one checkpoint of each run in turn, oldest (or --order newest) step first: claim ->
+         restore (EMA) -> validate -> record one row (and drop the claim) -> log, STATUS -> actions
       -> wait for the next wake
+
+One process serves one or several model directories (runs) with one evaluation model; several
+processes, on one or several machines, share the work through the database's claims.
 
 The watcher only reads the state file and wakes the loop; what is pending is derived from what
 was seen and from the database, never from events alone, so a missed event delays a checkpoint
@@ -27,9 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from evaluator import checkpoints, log
 from evaluator.actions import Action, Recorded
-from evaluator.actions.setup import build_actions
-from evaluator.backlog import Backlog, Pending, utcnow
-from evaluator.checkpoints import Checkpoint
+from evaluator.actions.setup import build_actions, check_actions
+from evaluator.backlog import Pending, utcnow
 from evaluator.claims import Heartbeat, died_here, owner_id
 from evaluator.ending import Ending
 from evaluator.errors import (
@@ -42,8 +44,8 @@ from evaluator.errors import (
     DatabaseError,
     EvaluationFault,
     FaultsExhausted,
+    ConfigError,
     ModelDirError,
-    StateFileError,
     StoreWriteError,
     TemporaryError,
     first_line,
@@ -51,10 +53,10 @@ from evaluator.errors import (
 from evaluator.evaluation import EXAMPLES, CheckpointKey, Evaluation, Status
 from evaluator.notify import Notifier
 from evaluator.options import WatchOptions
+from evaluator.runs import Run, discover
 from evaluator.shutdown import Shutdown
 from evaluator.store import Claim, Store, describe
 from evaluator.task import batch_size_of, load_task
-from evaluator.watcher import Watcher
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from evaluator.models import EvalModel
@@ -69,43 +71,37 @@ SETTLE_SECONDS = 3.0
 MAX_SHORT_READS = 8
 #: Seconds of quiet after which the database connection is released (files not held open).
 RELEASE_AFTER = 2.0
-#: Up to this many new checkpoints are logged one line each; more make one summary line.
-DETAIL_LINES = 10
 
 
 class Service:
-    """One model directory, one evaluation model, one database: `evaluator watch`."""
+    """One evaluation model, one database, one or several model directories: `evaluator watch`."""
 
     def __init__(self, options: WatchOptions, notifier: Notifier | None = None) -> None:
         self.options = options
-        self.model_dir = checkpoints.normalize_model_dir(options.model_dir)
-        self.log = log.get(model_dir=self.model_dir)
+        self.directories = [checkpoints.normalize_model_dir(d) for d in options.directories]
+        self.roots = [checkpoints.normalize_model_dir(r) for r in options.roots]
+        #: One model directory named, no --root: logs carry it on every line, as they always did.
+        self.single = len(self.directories) == 1 and not self.roots
+        self.log = log.get(model_dir=self.directories[0]) if self.single else log.get()
         self.notifier = notifier or Notifier()
         self.shutdown = Shutdown(options.stop_grace)
         self.store: Store | None = None
         self.model: EvalModel | None = None
-        self.watcher: Watcher | None = None
         self.heartbeat: Heartbeat | None = None
-        self.backlog = Backlog(self.model_dir, grace=options.missing_grace)
+        self.runs: dict[str, Run] = {}
         self.owner = owner_id()
         self._settings = options.settings()
         self._wake = threading.Event()
-        #: Set while a pass of the loop runs (see _on_change).
+        #: Set while a pass of the loop runs (a watcher then reads the state file itself).
         self._busy = threading.Event()
-        self._lock = threading.Lock()
-        self._state_problem: str | None = None
-        self._present: bool | None = None
         self._last: Evaluation | None = None
         self._last_rescan = -math.inf
-        #: When the rows were last read from the database (at start, then by each re-scan).
-        self._rows_loaded_at = -math.inf
         self._consecutive_faults = 0
         self._failed_this_run = 0
-        self._said_waiting = False
-        self.actions: list[Action] = []
+        self._turn = 0
         self._action_errors: dict[str, str] = {}
-        self.ending = Ending(options.until_step, options.idle_timeout,
-                             os.path.join(self.model_dir, options.done_file) if options.done_file else None)
+        done_file = os.path.join(self.directories[0], options.done_file) if options.done_file and self.single else None
+        self.ending = Ending(options.until_step, options.idle_timeout, done_file)
         #: Set when the done file appeared: evaluate what is pending, then stop (like --once).
         self._finishing = False
 
@@ -128,82 +124,110 @@ class Service:
     def _start(self) -> None:
         # Every check of the configuration comes before the database is touched: bad input
         # writes nothing (not even a new, empty database).
-        self._check_model_dir()
+        self._check_directories()
         Store.check_durable(self.options.db_url)
+        where = {} if self.single else {"model_dirs": self.directories, "roots": self.roots}
         self.log.info("starting", task=self.options.task, db=describe(self.options.db_url),
                       name=self.options.name, device=self.options.device, ema=self.options.ema,
-                      mode="once" if self.options.once else ("poll" if self.options.poll else "events"))
+                      mode="once" if self.options.once else ("poll" if self.options.poll else "events"), **where)
         log.quiet_tensorflow()
         self.model = self._build(load_task(self.options.task))
-        self.actions = build_actions(self.options, self.model_dir, self.model, self.log)
+        check_actions(self.options, self.model, several=not self.single)
         self.store = Store.prepare(self.options.db_url, wait=self.options.db_wait, on_retry=self._db_retry)
-        self._check_settings()
-        self.backlog.set_recorded(self.store.recorded(self.model_dir, self.options.name))
-        self._rows_loaded_at = time.monotonic()
-        self.log.info("database ready", db=describe(self.options.db_url), revision=self.store.revision(),
-                      recorded=self.backlog.recorded_count())
-        self._catch_up()
         self.heartbeat = Heartbeat(self.store, self.owner, self.options.lease)
+        for directory in self.directories:
+            self._add_run(directory)
+        self._discover()
+        self.log.info("database ready", db=describe(self.options.db_url), revision=self.store.revision(),
+                      recorded=sum(run.backlog.recorded_count() for run in self.runs.values()))
         self.heartbeat.start()
-        if not self.options.once:
-            self.watcher = Watcher(self.model_dir, self._on_change, on_written=self._on_written,
-                                   weight_files=self.model.reads_weight_files,
-                                   poll=self.options.poll, poll_interval=self.options.poll_interval)
-            self.watcher.start()
         self.notifier.ready(self._status_line())
 
-    def _catch_up(self) -> None:
+    def _check_directories(self) -> None:
+        if not self.single and (self.options.until_step is not None or self.options.done_file):
+            raise ConfigError("--until-step and --done-file end the watch of one model directory; with several "
+                              "(or --root), use --idle-timeout")
+        for given, directory in [*zip(self.options.directories, self.directories), *zip(self.options.roots, self.roots)]:
+            try:
+                directory.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ModelDirError(
+                    f"model directory {directory!r} is not valid UTF-8: rows name it as text; rename it") from None
+            if os.path.isdir(directory) or self.options.wait_for_dir:
+                continue
+            if os.path.exists(directory):
+                raise ModelDirError(f"{given} is not a directory")
+            raise ModelDirError(f"model directory {given} does not exist "
+                                "(pass --wait-for-dir to wait for training to create it)")
+
+    def _add_run(self, directory: str) -> Run:
+        """Start serving a model directory: its rows, its actions (caught up), its watcher."""
+        assert self.store is not None and self.model is not None and self.heartbeat is not None
+        run = Run(directory, grace=self.options.missing_grace, name=self.options.name,
+                  weight_files=self.model.reads_weight_files, on_new=self.ending.activity)
+        run.load_rows(self.store)
+        self._check_settings(run)
+        if not self.single:
+            run.log.info("serving this model directory", recorded=run.backlog.recorded_count())
+        run.actions = build_actions(self.options, directory, self.model, run.log, several=not self.single)
+        self._catch_up(run)
+        if not self.options.once:
+            run.watch(self._wake.set, self._busy, poll=self.options.poll, poll_interval=self.options.poll_interval)
+        self.runs[directory] = run
+        self.heartbeat.watching(list(self.runs))
+        return run
+
+    def _discover(self) -> None:
+        """--root: serve each run that appeared below a root; forget those that are gone."""
+        if not self.roots:
+            return
+        assert self.model is not None and self.heartbeat is not None
+        found = {d for root in self.roots for d in discover(root, self.options.depth, self.model.reads_weight_files)}
+        for directory in sorted(found - set(self.runs)):
+            self._add_run(directory)
+        for directory in sorted(set(self.runs) - found - set(self.directories)):
+            if not os.path.isdir(directory):
+                self.runs.pop(directory).stop()
+                self.log.info("model directory gone; no longer served", model_dir=directory)
+                self.heartbeat.watching(list(self.runs))
+
+    def _catch_up(self, run: Run) -> None:
         """Each action does what the rows already recorded call for and it has not done."""
         assert self.store is not None
-        if not self.actions:
+        if not run.actions:
             return
-        rows = list(self.store.ok_rows(self.model_dir, self.options.name))
-        for action in self.actions:
-            self._run_action(action, "catch up", lambda a=action: a.catch_up(rows))
+        rows = list(self.store.ok_rows(run.model_dir, self.options.name))
+        for action in run.actions:
+            self._run_action(run, action, "catch up", lambda a=action: a.catch_up(rows))
 
-    def _run_action(self, action: Action, what: str, run: Any) -> None:
+    def _run_action(self, run: Run, action: Action, what: str, call: Any) -> None:
         """An action's failure is logged (a repeat of the same failure at debug level: a read-only
         directory would say so on every checkpoint), never the daemon's end."""
         try:
-            run()
+            call()
         except Exception as err:  # noqa: BLE001 - summaries or exports must not stop evaluations
             error = f"{type(err).__name__}: {first_line(err)}"
-            repeated = self._action_errors.get(action.name) == error
-            self._action_errors[action.name] = error
+            key = f"{run.model_dir}:{action.name}"
+            repeated = self._action_errors.get(key) == error
+            self._action_errors[key] = error
             hint = ("; give --summary-dir / --export-dir a writable directory (or --no-summaries, --keep-best 0)"
                     if isinstance(err, PermissionError) or "Read-only" in error else "")
-            (self.log.debug if repeated else self.log.warning)(f"{action.name} failed to {what}{hint}", error=error)
+            (run.log.debug if repeated else run.log.warning)(f"{action.name} failed to {what}{hint}", error=error)
 
     def _db_retry(self, reason: str, delay: float) -> None:
         self.log.warning("database unavailable at start; retrying", error=reason, retry_in=delay)
         self.notifier.status(f"waiting for the database: {reason}")
 
-    def _check_model_dir(self) -> None:
-        try:
-            self.model_dir.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ModelDirError(
-                f"model directory {self.model_dir!r} is not valid UTF-8: rows name it as text; rename it"
-            ) from None
-        if os.path.isdir(self.model_dir) or self.options.wait_for_dir:
-            return
-        if os.path.exists(self.model_dir):
-            raise ModelDirError(f"{self.options.model_dir} is not a directory")
-        raise ModelDirError(
-            f"model directory {self.options.model_dir} does not exist "
-            "(pass --wait-for-dir to wait for training to create it)"
-        )
-
-    def _check_settings(self) -> None:
+    def _check_settings(self, run: Run) -> None:
         """Warn when this evaluation name's rows were recorded with other settings."""
         assert self.store is not None
-        before = self.store.settings(self.model_dir, self.options.name)
+        before = self.store.settings(run.model_dir, self.options.name)
         if before is None or before == self._settings:
             return
         differ = {key: {"recorded": before.get(key), "now": self._settings.get(key)}
                   for key in sorted(set(before) | set(self._settings)) if before.get(key) != self._settings.get(key)}
-        self.log.warning("this evaluation name was recorded with other settings; new rows will differ "
-                         "(give --name to keep evaluations apart)", name=self.options.name, differ=differ)
+        run.log.warning("this evaluation name was recorded with other settings; new rows will differ "
+                        "(give --name to keep evaluations apart)", name=self.options.name, differ=differ)
 
     def _build(self, task: Any) -> EvalModel:
         from evaluator import models  # build() imports TensorFlow
@@ -220,12 +244,13 @@ class Service:
         if self.shutdown.requested:
             self.log.info("stopping", signal=self.shutdown.signal_name)
         self.notifier.stopping()
-        if self.watcher is not None:
-            self.watcher.stop()
+        for run in self.runs.values():
+            run.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
-        for action in self.actions:
-            self._run_action(action, "close", action.close)
+        for run in self.runs.values():
+            for action in run.actions:
+                self._run_action(run, action, "close", action.close)
         if self.model is not None:
             self.model.close()
         if self.store is not None:
@@ -241,9 +266,10 @@ class Service:
         """--once: EXIT_INCOMPLETE when something could not be evaluated, so cron and CI notice."""
         if not self.options.once or self.shutdown.requested or self.ending.reason:
             return EXIT_OK
-        waiting = [p.checkpoint.name for p in self.backlog.waiting_for_files()]
+        waiting = [p.checkpoint.name for run in self.runs.values() for p in run.backlog.waiting_for_files()]
+        unreadable = [run.state_problem for run in self.runs.values() if run.state_problem]
         problems = {
-            "state file unreadable": self._state_problem,
+            "state file unreadable": "; ".join(unreadable) or None,
             "failed evaluations": self._failed_this_run or None,
             "listed checkpoints not on disk": waiting[:5] or None,
         }
@@ -266,12 +292,13 @@ class Service:
                     self.evaluate_pending()
                 finally:
                     self._busy.clear()
-                self._say_what_it_waits_for()
-                if self._once and self.backlog.next_due_in() is None:
+                for run in self.runs.values():
+                    run.say_what_it_waits_for()
+                if self._once and all(run.backlog.next_due_in() is None for run in self.runs.values()):
                     if self._finishing:
                         self.ending.reason = f"training wrote {self.options.done_file}; everything pending was evaluated"
                     break
-                self.ending.quiet(nothing_pending=len(self.backlog) == 0)
+                self.ending.quiet(nothing_pending=all(len(run.backlog) == 0 for run in self.runs.values()))
             if self.ending.reason:
                 break
             self._idle(present)
@@ -288,61 +315,73 @@ class Service:
         self._last_rescan = -math.inf  # look at the whole directory once more first
         self.log.info(message, done_file=self.options.done_file)
 
-    def _say_what_it_waits_for(self) -> None:
-        """Once, after the first pass over a directory holding no checkpoint at all: say what would be one."""
-        if self._said_waiting or len(self.backlog) or self.backlog.recorded_count() or self._state_problem:
-            return
-        if os.path.exists(os.path.join(self.model_dir, checkpoints.STATE_FILE)):
-            return
-        self._said_waiting = True
-        assert self.model is not None
-        what = "a `checkpoint` state file (tf.train.Checkpoint, CheckpointManager, tf.compat.v1 Saver)"
-        if self.model.reads_weight_files:
-            what += " or Keras weight files (*.weights.h5, *.keras)"
-        self.log.info("no checkpoints yet", waiting_for=what)
-
     def evaluate_pending(self) -> int:
-        """Evaluate every pending checkpoint that is due, oldest step first; returns how many rows."""
+        """Evaluate every pending checkpoint that is due, one of each run in turn; returns how many rows."""
         self._wake.clear()  # before reading: a change from now on wakes the next pass
-        self._observe()
-        if time.monotonic() - self._last_rescan >= self.options.rescan_interval:
-            self._rescan()
-        absent = [p for p in self.backlog.due() if not checkpoints.exists(p.checkpoint.path)]
-        done = self._settle_absent(absent)
-        tried = {p.checkpoint.name for p in absent}
+        rescan = time.monotonic() - self._last_rescan >= self.options.rescan_interval
+        if rescan:
+            self._last_rescan = time.monotonic()
+            self._discover()
+        done = 0
+        tried: dict[str, set[str]] = {}
+        for run in list(self.runs.values()):
+            run.observe()
+            if rescan:
+                assert self.store is not None
+                run.rescan(self.store, self.options.rescan_interval)
+            absent = [p for p in run.backlog.due() if not checkpoints.exists(p.checkpoint.path)]
+            done += self._settle_absent(run, absent)
+            tried[run.model_dir] = {p.checkpoint.name for p in absent}
+        newest = self.options.order == "newest"
         while not self.shutdown.requested and not self.ending.reason:
-            pending = self.backlog.first_due(skip=tried)
-            if pending is None:
+            progressed = False
+            for run in self._in_turn():
+                pending = run.backlog.first_due(skip=tried.setdefault(run.model_dir, set()), newest=newest)
+                if pending is None:
+                    continue
+                progressed = True
+                tried[run.model_dir].add(pending.checkpoint.name)
+                held = checkpoints.hold(pending.checkpoint.path) if run.actions else {}
+                try:
+                    outcome = self._evaluate_one(run, pending, held)
+                finally:
+                    checkpoints.release(held)
+                if outcome == "stop":
+                    return done
+                done += outcome == "recorded"
+                if self.shutdown.requested or self.ending.reason:
+                    break
+            if not progressed:
                 break
-            tried.add(pending.checkpoint.name)
-            held = checkpoints.hold(pending.checkpoint.path) if self.actions else {}
-            try:
-                outcome = self._evaluate_one(pending, held)
-            finally:
-                checkpoints.release(held)
-            if outcome == "stop":
-                break
-            done += outcome == "recorded"
         return done
 
-    def _evaluate_one(self, pending: Pending, held: dict[str, Any]) -> str:
+    def _in_turn(self) -> list[Run]:
+        """The runs, starting one further each round: a busy run does not starve the others."""
+        runs = list(self.runs.values())
+        if not runs:
+            return runs
+        self._turn = (self._turn + 1) % len(runs)
+        return runs[self._turn:] + runs[:self._turn]
+
+    def _evaluate_one(self, run: Run, pending: Pending, held: dict[str, Any]) -> str:
         """Claim, evaluate, record and act on one checkpoint: "recorded", "skipped" or "stop"."""
         try:
-            evaluation = self._attempt(pending)
+            evaluation = self._attempt(run, pending)
         except Abandoned:
-            self.log.warning("evaluation abandoned for shutdown; it runs again at the next start",
-                             checkpoint=pending.checkpoint.name)
+            run.log.warning("evaluation abandoned for shutdown; it runs again at the next start",
+                            checkpoint=pending.checkpoint.name)
             return "stop"
         if evaluation is None:
             return "stop" if self._consecutive_faults else "skipped"  # failing: wait for the backoff
-        recorded = self._record(pending, evaluation)
+        recorded = self._record(run, pending, evaluation)
         self.heartbeat.holding.clear()  # type: ignore[union-attr]
+        self.heartbeat.evaluating(None)  # type: ignore[union-attr]
         if not recorded:
             return "stop"
         self.ending.recorded(evaluation)
         after = Recorded(evaluation, held, self.model)
-        for action in self.actions:
-            self._run_action(action, f"act on {evaluation.checkpoint}", lambda a=action: a.after(after))
+        for action in run.actions:
+            self._run_action(run, action, f"act on {evaluation.checkpoint}", lambda a=action: a.after(after))
         return "recorded"
 
     def _idle(self, present: bool) -> None:
@@ -350,7 +389,8 @@ class Service:
         RELEASE_AFTER seconds (within a burst it stays open: reconnecting costs milliseconds)."""
         self.notifier.ping()
         timeout = self.options.rescan_interval if present else min(self.options.rescan_interval, MISSING_DIR_TICK)
-        for due_in in (self.backlog.next_due_in(), self.ending.wake_in()):
+        waits = [run.backlog.next_due_in() for run in self.runs.values()] + [self.ending.wake_in()]
+        for due_in in waits:
             if due_in is not None:
                 timeout = min(timeout, max(due_in, 0.05))
         if self.notifier.watchdog_interval:
@@ -362,140 +402,64 @@ class Service:
         self._wake.wait(timeout - quiet)
 
     def _ensure_watch(self) -> bool:
-        """Whether the model directory is there (and watched); logs when that changes."""
-        present = self.watcher.ensure() if self.watcher else os.path.isdir(self.model_dir)
-        if present != self._present:
-            if present:
-                if self.watcher:
-                    self.log.info("watching", observer=self.watcher.kind)
-                else:
-                    self.log.info("model directory found")
+        """Whether a model directory is there to evaluate (with --root: always, runs come and go)."""
+        present = False
+        for run in self.runs.values():
+            there, appeared = run.ensure_watch(self.notifier)
+            present = present or there
+            if appeared:
                 self._wake.set()
-            else:
-                self.log.warning("model directory is missing; waiting for it to appear")
-                self.notifier.status(f"waiting for {self.model_dir} to appear")
-            self._present = present
-        return present
+        return present or bool(self.roots)
 
-    # -- what is pending --------------------------------------------------------------------
+    # -- what is missing --------------------------------------------------------------------
 
-    def _on_change(self) -> None:
-        """From the watcher's thread: wake the loop. While it is busy evaluating, also note what the
-        state file lists now (rotations meanwhile would hide checkpoints); when it is idle it reads
-        the file itself at once, and a second read here would only compete with it."""
-        if self._busy.is_set():
-            self._observe()
-        self._wake.set()
-
-    def _observe(self) -> None:
-        """Read the state file and add the listed checkpoints without a row to the backlog."""
-        try:
-            state = checkpoints.read_state(self.model_dir)
-        except StateFileError as err:
-            self._state_file_problem(str(err))
-            return
-        self._state_file_problem(None)
-        new, ignored, new_family = self.backlog.observe(state)
-        for path in ignored:
-            self.log.warning("state file lists a path outside the model directory; ignored", path=path)
-        self._log_detected(new, "state file")
-        if new_family:  # its checkpoints already on disk (those the state file doesn't list) count too
-            self._scan_disk()
-
-    def _on_written(self, prefix: str) -> None:
-        """From the watcher's thread: a checkpoint's index appeared. In a family the state file
-        lists, it is pending even before (or without) the state file listing it: it gets its row
-        even if `max_to_keep` deletes it before any read of the state file, or if the state file
-        lists only the newest (`Saver(max_to_keep=0)`)."""
-        ckpt = checkpoints.at(self.model_dir, prefix)
-        if ckpt is None:
-            return
-        self._log_detected(self.backlog.found_on_disk([ckpt]), "index written")
-        self._wake.set()
-
-    def _rescan(self) -> None:
-        """The safety net, every --rescan seconds: rows written by others (or removed by `evaluator
-        retry`), and checkpoints on disk that no event or state file reported."""
-        assert self.store is not None
-        self._last_rescan = time.monotonic()
-        if self._last_rescan - self._rows_loaded_at >= self.options.rescan_interval:  # not just loaded at start
-            try:
-                self.backlog.set_recorded(self.store.recorded(self.model_dir, self.options.name))
-                self._rows_loaded_at = self._last_rescan
-            except DatabaseError as err:
-                self.log.warning("cannot read the database; will try again", error=str(err))
-        self._scan_disk()
-
-    def _scan_disk(self) -> None:
-        assert self.model is not None
-        found = checkpoints.scan(self.model_dir, self.backlog.families, weight_files=self.model.reads_weight_files)
-        self._log_detected(self.backlog.found_on_disk(found), "directory scan")
-
-    def _log_detected(self, new: list[Checkpoint], source: str) -> None:
-        if new:
-            self.ending.activity()
-        if len(new) <= DETAIL_LINES:
-            for ckpt in new:
-                self.log.info("checkpoint detected", checkpoint=ckpt.name, step=ckpt.name_step, source=source)
-        else:
-            self.log.info("checkpoints detected", count=len(new), first=new[0].name, last=new[-1].name,
-                          source=source)
-
-    def _state_file_problem(self, problem: str | None) -> None:
-        with self._lock:
-            changed, self._state_problem = problem != self._state_problem, problem
-        if changed and problem:
-            self.log.warning("state file unreadable; waiting for a valid one", error=problem)
-        elif changed:
-            self.log.info("state file readable again")
-
-    def _settle_absent(self, absent: list[Pending]) -> int:
+    def _settle_absent(self, run: Run, absent: list[Pending]) -> int:
         """Record the absent checkpoints that count as missing, in one transaction; the others wait
         for their files. Returns how many rows were written."""
-        missing = [p for p in absent if self.backlog.is_missing(p, once=self._once)]
+        missing = [p for p in absent if run.backlog.is_missing(p, once=self._once)]
         if not self._once:
             decided = {p.checkpoint.name for p in missing}
             for pending in absent:
                 if pending.checkpoint.name not in decided:
-                    self.backlog.defer(pending, min(self.options.rescan_interval, max(0.2, self.backlog.grace / 4)))
+                    run.backlog.defer(pending, min(self.options.rescan_interval, max(0.2, run.backlog.grace / 4)))
         if not missing:
             return 0
         now = utcnow()
-        rows = [replace(self._base(p, "", now), status=Status.MISSING, error=self._missing_reason(p), started_at=None)
-                for p in missing]
+        rows = [replace(self._base(run, p, "", now), status=Status.MISSING, error=self._missing_reason(run, p),
+                        started_at=None) for p in missing]
         inserted = self._write("record missing checkpoints", lambda: self.store.record_many(rows),  # type: ignore[union-attr]
                                checkpoint=missing[0].checkpoint.name)
         if inserted is None:
             return 0
         for pending in missing:
-            self.backlog.done(pending, None)
+            run.backlog.done(pending, None)
         if len(rows) <= 3:
             for row in rows:
-                self._log_evaluation(row)
+                self._log_evaluation(run, row)
         else:
-            self.log.warning("checkpoints missing", count=len(rows), first=rows[0].checkpoint,
-                             last=rows[-1].checkpoint, status=Status.MISSING.value, error=rows[0].error)
+            run.log.warning("checkpoints missing", count=len(rows), first=rows[0].checkpoint,
+                            last=rows[-1].checkpoint, status=Status.MISSING.value, error=rows[0].error)
         self.notifier.status(self._status_line())
         return inserted
 
-    def _missing_reason(self, pending: Pending) -> str:
+    def _missing_reason(self, run: Run, pending: Pending) -> str:
         if pending.seen_on_disk:
             return f"{pending.checkpoint.name} was deleted before it could be read (training's max_to_keep?)"
         return (f"{pending.checkpoint.name} is listed in the state file but never appeared on disk "
                 + ("while newer checkpoints did" if self._once
-                   else f"within {self.backlog.grace:g} s while newer checkpoints did"))
+                   else f"within {run.backlog.grace:g} s while newer checkpoints did"))
 
     # -- one checkpoint ---------------------------------------------------------------------
 
-    def _base(self, pending: Pending, fingerprint: str, started_at: Any) -> Evaluation:
+    def _base(self, run: Run, pending: Pending, fingerprint: str, started_at: Any) -> Evaluation:
         ckpt = pending.checkpoint
-        return Evaluation(model_dir=self.model_dir, checkpoint=ckpt.name, step=ckpt.name_step,
+        return Evaluation(model_dir=run.model_dir, checkpoint=ckpt.name, step=ckpt.name_step,
                           status=Status.FAILED, evaluated_at=started_at, name=self.options.name,
                           fingerprint=fingerprint, settings=self._settings,
                           device=self.model.device if self.model else None,
                           detected_at=pending.detected_at, started_at=started_at)
 
-    def _attempt(self, pending: Pending) -> Evaluation | None:
+    def _attempt(self, run: Run, pending: Pending) -> Evaluation | None:
         """Claim and evaluate one checkpoint on disk; None when it stays pending (claimed by another
         evaluator, recorded meanwhile, a short read or a fault to retry)."""
         assert self.store is not None and self.heartbeat is not None
@@ -503,42 +467,44 @@ class Service:
         fingerprint = checkpoints.fingerprint(ckpt.path)
         if fingerprint is None:
             return None  # deleted since the look: the next pass records it missing
-        self.backlog.saw_on_disk(pending)
-        key = CheckpointKey(self.model_dir, self.options.name, ckpt.name, fingerprint)
+        run.backlog.saw_on_disk(pending)
+        key = CheckpointKey(run.model_dir, self.options.name, ckpt.name, fingerprint)
         claim = self._write("claim the checkpoint",
                             lambda: self.store.claim(key, self.owner, self.options.lease),  # type: ignore[union-attr]
                             checkpoint=ckpt.name)
         if claim is None:
-            self.log.warning("stopping while the database refuses writes; the checkpoint runs again at the next "
-                             "start", checkpoint=ckpt.name)
+            run.log.warning("stopping while the database refuses writes; the checkpoint runs again at the next "
+                            "start", checkpoint=ckpt.name)
             return None
         if claim is Claim.RECORDED:
-            self.backlog.done(pending, fingerprint)
+            run.backlog.done(pending, fingerprint)
             return None
-        if claim is Claim.HELD and not self._take_over_from_the_dead(key):
-            self.log.debug("claimed by another evaluator", checkpoint=ckpt.name)
-            self.backlog.defer(pending, min(self.options.lease / 3, 5.0))
+        if claim is Claim.HELD and not self._take_over_from_the_dead(run, key):
+            run.log.debug("claimed by another evaluator", checkpoint=ckpt.name)
+            run.backlog.defer(pending, min(self.options.lease / 3, 5.0))
             return None
         self.heartbeat.holding.set()  # until the row is written (the loop clears it)
+        self.heartbeat.evaluating(ckpt.path)
         try:
-            evaluation = self._evaluate(pending, fingerprint)
+            evaluation = self._evaluate(run, pending, fingerprint)
             after = checkpoints.fingerprint(ckpt.path)
             if after is not None and after != fingerprint:  # still being written while we read it
                 raise CheckpointIncomplete(f"{ckpt.name} changed while it was evaluated")
             return evaluation
         except (CheckpointIncomplete, EvaluationFault, Abandoned) as err:
             self.heartbeat.holding.clear()
+            self.heartbeat.evaluating(None)
             self._write("release the claim", lambda: self.store.release_claims(self.owner, key),  # type: ignore[union-attr]
                         checkpoint=ckpt.name)
             if isinstance(err, Abandoned):
                 raise
             if isinstance(err, CheckpointIncomplete):
-                if self._retry_short_read(pending, err):
+                if self._retry_short_read(run, pending, err):
                     return None
-                return replace(self._base(pending, fingerprint, utcnow()), error=str(err))
-            return self._fault(pending, fingerprint, err)
+                return replace(self._base(run, pending, fingerprint, utcnow()), error=str(err))
+            return self._fault(run, pending, fingerprint, err)
 
-    def _take_over_from_the_dead(self, key: CheckpointKey) -> bool:
+    def _take_over_from_the_dead(self, run: Run, key: CheckpointKey) -> bool:
         """Take a claim whose holder was a process on this host that is gone (`kill -9`, then a
         restart): no need to wait for its lease to expire."""
         assert self.store is not None
@@ -549,17 +515,18 @@ class Service:
                             lambda: self.store.take_over(key, holder, self.owner, self.options.lease),  # type: ignore[union-attr]
                             checkpoint=key.checkpoint)
         if taken:
-            self.log.info("took over the claim of an evaluator that died on this host", checkpoint=key.checkpoint,
-                          dead=holder)
+            run.log.info("took over the claim of an evaluator that died on this host", checkpoint=key.checkpoint,
+                         dead=holder)
         return bool(taken)
 
-    def _evaluate(self, pending: Pending, fingerprint: str) -> Evaluation:
+    def _evaluate(self, run: Run, pending: Pending, fingerprint: str) -> Evaluation:
         """Restore and validate one checkpoint: its row (ok, failed, missing). Raises
         CheckpointIncomplete, EvaluationFault and Abandoned for the caller to decide."""
         assert self.model is not None
         ckpt = pending.checkpoint
-        self.notifier.status(f"evaluating {ckpt.name} ({len(self.backlog)} pending)")
-        base = self._base(pending, fingerprint, utcnow())
+        self.notifier.status(f"evaluating {ckpt.name} ({len(run.backlog)} pending)")
+        run.log.debug("evaluation started", checkpoint=ckpt.name, owner=self.owner)
+        base = self._base(run, pending, fingerprint, utcnow())
         try:
             outcome = self.model.evaluate(ckpt, progress=self._progress)
         except (CheckpointIncomplete, EvaluationFault):
@@ -573,14 +540,14 @@ class Service:
         metrics = outcome.metrics
         self._consecutive_faults = 0
         for warning in outcome.warnings:
-            self.log.warning(warning, checkpoint=ckpt.name)
+            run.log.warning(warning, checkpoint=ckpt.name)
         return replace(base, status=Status.OK, step=outcome.step, accuracy=metrics.accuracy,
                        loss=metrics.loss, examples=metrics.examples, metrics=metrics.stored(), goals=metrics.goals,
                        ema_source=outcome.ema_source,
                        restore_seconds=outcome.restore_seconds, eval_seconds=metrics.seconds,
                        evaluated_at=utcnow())
 
-    def _retry_short_read(self, pending: Pending, err: CheckpointIncomplete) -> bool:
+    def _retry_short_read(self, run: Run, pending: Pending, err: CheckpointIncomplete) -> bool:
         """Whether to try a short read again: while the checkpoint's files are still changing."""
         files = checkpoints.snapshot(pending.checkpoint.path)
         newest = max((mtime for _, _, mtime in files), default=0) / 1e9
@@ -590,12 +557,12 @@ class Service:
         if not growing or pending.short_reads >= MAX_SHORT_READS:
             return False
         delay = min(0.5 * 2 ** (pending.short_reads - 1), 8.0)
-        self.log.info("checkpoint read came up short; still being written? will retry",
-                      checkpoint=pending.checkpoint.name, error=str(err), retry_in=delay, tries=pending.short_reads)
-        self.backlog.defer(pending, delay)
+        run.log.info("checkpoint read came up short; still being written? will retry",
+                     checkpoint=pending.checkpoint.name, error=str(err), retry_in=delay, tries=pending.short_reads)
+        run.backlog.defer(pending, delay)
         return True
 
-    def _fault(self, pending: Pending, fingerprint: str, err: EvaluationFault) -> Evaluation | None:
+    def _fault(self, run: Run, pending: Pending, fingerprint: str, err: EvaluationFault) -> Evaluation | None:
         """A fault that is not the checkpoint's: retry with backoff; give up on the daemon after
         --retries in a row, or on this checkpoint alone after --retries while others succeeded."""
         self._consecutive_faults += 1
@@ -608,12 +575,12 @@ class Service:
             )
         if pending.faults >= limit:  # other checkpoints succeeded meanwhile: it is this one's
             self._consecutive_faults = 0
-            return replace(self._base(pending, fingerprint, utcnow()), error=str(err))
+            return replace(self._base(run, pending, fingerprint, utcnow()), error=str(err))
         delay = min(self.options.retry_delay * 2 ** (tries - 1), MAX_RETRY_DELAY)
-        self.log.warning("evaluation failed, not for the checkpoint's sake; will retry",
-                         checkpoint=pending.checkpoint.name, error=str(err), retry_in=delay, tries=tries, limit=limit)
+        run.log.warning("evaluation failed, not for the checkpoint's sake; will retry",
+                        checkpoint=pending.checkpoint.name, error=str(err), retry_in=delay, tries=tries, limit=limit)
         self.notifier.status(f"evaluation failing, retry in {delay:g} s: {err}")
-        self.backlog.defer(pending, delay)
+        run.backlog.defer(pending, delay)
         return None
 
     def _progress(self, examples: int) -> None:
@@ -621,31 +588,31 @@ class Service:
         self.notifier.ping()
         self.shutdown.check()
 
-    def _record(self, pending: Pending, evaluation: Evaluation) -> bool:
+    def _record(self, run: Run, pending: Pending, evaluation: Evaluation) -> bool:
         """Write the row (dropping our claim), retrying while the database refuses; False when
         shutdown came first (no row: the checkpoint runs again at the next start)."""
         inserted = self._write("record the evaluation",
                                lambda: self.store.record(evaluation, self.owner),  # type: ignore[union-attr]
                                checkpoint=evaluation.checkpoint)
         if inserted is None:
-            self.log.error("stopping with an unrecorded result; the checkpoint runs again at the next start",
-                           checkpoint=evaluation.checkpoint)
+            run.log.error("stopping with an unrecorded result; the checkpoint runs again at the next start",
+                          checkpoint=evaluation.checkpoint)
             return False
-        self.backlog.done(pending, evaluation.fingerprint)
+        run.backlog.done(pending, evaluation.fingerprint)
         if inserted:
             if evaluation.status is Status.OK:
-                self._last = evaluation
+                self._last = run.last = evaluation
             elif evaluation.status is Status.FAILED:
                 self._failed_this_run += 1
-            self._log_evaluation(evaluation)
+            self._log_evaluation(run, evaluation)
         else:
-            self.log.warning("already recorded by another evaluator; kept that row", checkpoint=evaluation.checkpoint)
+            run.log.warning("already recorded by another evaluator; kept that row", checkpoint=evaluation.checkpoint)
         self.notifier.status(self._status_line())
         return True
 
     def _write(self, what: str, write: Any, **fields: Any) -> Any:
         """Run a database write, retrying with backoff while it fails for a reason that may pass
-        (disk full, read-only, locked); None when shutdown came first."""
+        (disk full, read-only, locked, the server away); None when shutdown came first."""
         delay = 1.0
         while True:
             try:
@@ -668,7 +635,7 @@ class Service:
             remaining -= interval
         return False
 
-    def _log_evaluation(self, e: Evaluation) -> None:
+    def _log_evaluation(self, run: Run, e: Evaluation) -> None:
         fields: dict[str, Any] = {"step": e.step, "checkpoint": e.checkpoint, "status": e.status.value}
         if e.status is Status.OK:
             fields.update(flat_metrics(e.metrics or {}))
@@ -676,15 +643,16 @@ class Service:
                 fields["examples"] = e.examples
             fields.update(ema=e.ema_source, restore_seconds=round(e.restore_seconds or 0.0, 4),
                           eval_seconds=round(e.eval_seconds or 0.0, 4), device=e.device)
-            self.log.info("evaluated", **fields)
+            run.log.info("evaluated", **fields)
         else:
-            self.log.warning("evaluated", error=e.error, **fields)
+            run.log.warning("evaluated", error=e.error, **fields)
 
     def _status_line(self) -> str:
+        where = self.directories[0] if self.single else f"{len(self.runs)} model directories"
         last = self._last
         if last is None or last.accuracy is None:
-            return f"watching {self.model_dir}"
-        return f"watching {self.model_dir}, last step {last.step} acc {last.accuracy:.4f}"
+            return f"watching {where}"
+        return f"watching {where}, last step {last.step} acc {last.accuracy:.4f}"
 
 
 def flat_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -27,9 +27,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 from sqlalchemy.orm import Session
 
 from evaluator.errors import DatabaseError, DatabaseGone, DatabaseUnavailable, SchemaMissing, StoreWriteError
-from evaluator.evaluation import EXAMPLES, MAX, MIN, CheckpointKey, Evaluation, History, Status
+from evaluator.evaluation import EXAMPLES, MAX, MIN, CheckpointKey, Evaluation, History, Status, Worker
 from evaluator.options import DB_ENV
-from evaluator.schema import ClaimRow, EvaluationRow, MetricRow
+from evaluator.schema import ClaimRow, EvaluationRow, MetricRow, WorkerRow
 
 #: How long a SQLite connection waits for another's lock before failing (seconds).
 SQLITE_BUSY_TIMEOUT = 15.0
@@ -40,7 +40,9 @@ _FIELDS = [f.name for f in dataclasses.fields(Evaluation) if f.name not in ("met
 _METRICS_CHUNK = 500
 #: Words of a driver's error that say the database is busy or out of reach, not misconfigured.
 _TRANSIENT = ("locked", "busy", "could not connect", "connection refused", "server closed", "timeout",
-              "timed out", "terminating connection", "connection reset", "the database system is")
+              "timed out", "terminating connection", "connection reset", "the database system is",
+              "connection to server", "connection is bad", "connection is lost", "server conn crashed",
+              "consuming input failed", "the connection is closed", "connection already closed")
 
 
 class Claim(str, enum.Enum):
@@ -310,7 +312,9 @@ class Store:
                 set_={"owner": owner, "claimed_at": now, "expires_at": values["expires_at"]},
                 where=or_(ClaimRow.expires_at < now, ClaimRow.owner == owner),
             )
-            return Claim.CLAIMED if session.execute(stmt).rowcount == 1 else Claim.HELD
+            # RETURNING says whether a row was written (an ORM insert's rowcount is not reliable everywhere).
+            won = session.execute(stmt.returning(ClaimRow.id)).first() is not None
+            return Claim.CLAIMED if won else Claim.HELD
 
     def holder(self, key: CheckpointKey) -> str | None:
         """Who holds the claim on `key`, if anyone."""
@@ -331,6 +335,34 @@ class Store:
             result = session.execute(update(ClaimRow).where(ClaimRow.owner == owner)
                                      .values(expires_at=_now() + timedelta(seconds=lease)))
             return int(result.rowcount or 0)
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def beat(self, worker: Worker) -> None:
+        """Insert or refresh `worker`'s row (its heartbeat)."""
+        values = {"owner": worker.owner, "host": worker.host, "pid": worker.pid, "lease": worker.lease,
+                  "model_dirs": json.dumps(worker.model_dirs), "evaluating": worker.evaluating,
+                  "evaluating_since": worker.evaluating_since, "started_at": worker.started_at,
+                  "heartbeat_at": _now()}
+        with self._writing() as session:
+            found = session.scalar(select(WorkerRow.id).where(WorkerRow.owner == worker.owner))
+            if found is None:
+                session.execute(insert(WorkerRow).values(**values))
+            else:
+                session.execute(update(WorkerRow).where(WorkerRow.id == found).values(**values))
+
+    def leave(self, owner: str) -> None:
+        """`owner` stops: its row goes."""
+        with self._writing() as session:
+            session.execute(delete(WorkerRow).where(WorkerRow.owner == owner))
+
+    def workers(self) -> list[Worker]:
+        """Every worker that has a row, by host and pid (`heartbeat_at` says who is still alive)."""
+        with self._reading() as session:
+            rows = session.scalars(select(WorkerRow).order_by(WorkerRow.host, WorkerRow.pid))
+            return [Worker(owner=r.owner, host=r.host, pid=r.pid, lease=r.lease, model_dirs=json.loads(r.model_dirs),
+                           evaluating=r.evaluating, evaluating_since=r.evaluating_since, started_at=r.started_at,
+                           heartbeat_at=r.heartbeat_at) for r in rows]
 
     def release_claims(self, owner: str, key: CheckpointKey | None = None) -> None:
         """Drop `owner`'s claims (or just the one on `key`): it stopped, or put the checkpoint back."""

@@ -96,12 +96,18 @@ def saved_by(trainer_process: subprocess.Popen[str], timeout: float = 120) -> li
     return [os.path.basename(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("saved ")]
 
 
-def sqlite_url(path: Path) -> str:
+def sqlite_url(path: Path | str) -> str:
+    """The URL of a SQLite file (a PostgreSQL URL is passed through: tests run on both)."""
+    if isinstance(path, str) and "://" in path:
+        return path
     return f"sqlite:///{path}"
 
 
-def read_rows(db: Path, model_dir: Path | str | None = None) -> list[dict[str, Any]]:
-    """Every row of the evaluations table (optionally one model directory's), by id."""
+def read_rows(db: Path | str, model_dir: Path | str | None = None) -> list[dict[str, Any]]:
+    """Every row of the evaluations table (optionally one model directory's), by id: with sqlite3,
+    or psycopg for a PostgreSQL URL (never through evaluator.store)."""
+    if isinstance(db, str):
+        return _pg_rows(db, model_dir)
     if not db.exists():
         return []
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
@@ -120,6 +126,25 @@ def read_rows(db: Path, model_dir: Path | str | None = None) -> list[dict[str, A
             raise
     finally:
         connection.close()
+
+
+def _pg_rows(url: str, model_dir: Path | str | None) -> list[dict[str, Any]]:
+    import psycopg
+    from psycopg.rows import dict_row
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    query = "SELECT * FROM evaluations"
+    params: tuple[Any, ...] = ()
+    if model_dir is not None:
+        query += " WHERE model_dir = %s"
+        params = (os.path.realpath(model_dir),)
+    with psycopg.connect(host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database,
+                         row_factory=dict_row) as connection:
+        try:
+            return [dict(row) for row in connection.execute(query + " ORDER BY id", params)]
+        except psycopg.errors.UndefinedTable:
+            return []
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1,
@@ -156,11 +181,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
 class Daemon:
     """`evaluator watch` as a real subprocess, its JSON log written to a file the test reads."""
 
-    def __init__(self, model_dir: Path, db: Path, *args: str, task: str = DIGITS_TASK,
+    def __init__(self, model_dir: Path, db: Path | str, *args: str, task: str = DIGITS_TASK,
                  env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
         self.model_dir = model_dir
         self.db = db
-        self.log_path = log_path or db.parent / f"watch-{time.monotonic_ns()}.log"
+        # Beside the SQLite file; with a PostgreSQL URL, beside the model directory.
+        folder = db.parent if isinstance(db, Path) else Path(model_dir).parent
+        self.log_path = log_path or folder / f"watch-{time.monotonic_ns()}.log"
         self.command = [sys.executable, "-m", "evaluator", "watch", str(model_dir), "--task", task,
                         "--db", sqlite_url(db), "--log-format", "json", *args]
         self.env = env or cli_env()
@@ -233,6 +260,25 @@ class Daemon:
             raise AssertionError(
                 f"evaluator watch exited with {self.process.returncode}:\n{self.log_text()[-3000:]}"
             )
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A private PostgreSQL server for the session (tests/pg.py). Missing server binaries skip the
+    tests that need it, unless $EVALUATOR_REQUIRE_POSTGRES is set (CI): then they fail."""
+    from tests import pg
+
+    if pg.binaries() is None:
+        if os.environ.get("EVALUATOR_REQUIRE_POSTGRES"):
+            raise AssertionError("PostgreSQL's server is not installed (.ci/run installs it)")
+        pytest.skip("PostgreSQL's server (initdb, pg_ctl) is not installed")
+    yield from pg.start_server()
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    return str(pg_server.create_database())
 
 
 @pytest.fixture

@@ -107,8 +107,8 @@ def test_watch_bad_inputs_write_nothing(tmp_path: Path, trained_dir: Path, db: P
         (["watch", str(trained_dir), "--task", "no-colon", *base], "is not of the form package.module:NAME"),
         (["watch", str(trained_dir), "--task", f"{tmp_path}/syntax.py:TASK", *base], "syntax error in"),
         (["watch", str(trained_dir), "--task", f"{DIGITS_TASK}X", *base], "has no attribute 'TASKX'"),
-        (["watch", str(trained_dir), "--task", DIGITS_TASK, "--db", "postgresql://", "--once"],
-         "the driver for 'postgresql' is not installed"),
+        (["watch", str(trained_dir), "--task", DIGITS_TASK, "--db", "postgresql+pg8000://", "--once"],
+         "the driver for 'postgresql+pg8000' is not installed"),
         (["watch", str(trained_dir), "--task", DIGITS_TASK, "--db", sqlite_url(tmp_path / "garbage.db"), "--once"],
          "file is not a database"),
         (["watch", str(trained_dir), "--task", DIGITS_TASK, "--db", "not a url", "--once"], "is not a database URL"),
@@ -138,11 +138,11 @@ def test_gpu_requested_on_a_machine_without_one(trained_dir: Path, db: Path) -> 
 def test_db_upgrade_and_current(db: Path) -> None:
     url = sqlite_url(db)
     first = run_cli("db", "upgrade", "--db", url)
-    assert first.returncode == 0 and "schema at revision 0005 (upgraded from an empty database)" in first.stdout
+    assert first.returncode == 0 and "schema at revision 0006 (upgraded from an empty database)" in first.stdout
     again = run_cli("db", "upgrade", "--db", url)
     assert "already up to date" in again.stdout
     current = run_cli("db", "current", "--db", url)
-    assert current.returncode == 0 and "revision 0005, up to date" in current.stdout
+    assert current.returncode == 0 and "revision 0006, up to date" in current.stdout
 
 
 def test_db_url_from_the_environment(db: Path) -> None:

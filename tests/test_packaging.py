@@ -23,7 +23,7 @@ def test_the_wheel_ships_the_migrations_and_they_run(tmp_path: Path) -> None:
             "evaluator/migrations/versions/0001_evaluations.py",
             "evaluator/migrations/versions/0002_best_accuracy_index.py",
             "evaluator/migrations/versions/0003_name_fingerprint_claims.py",
-            "evaluator/migrations/versions/0004_ema_source.py", "evaluator/migrations/versions/0005_metrics.py", "evaluator/cli.py"} <= names
+            "evaluator/migrations/versions/0004_ema_source.py", "evaluator/migrations/versions/0005_metrics.py", "evaluator/migrations/versions/0006_workers.py", "evaluator/cli.py"} <= names
     assert not any(name.startswith(("tests/", "examples/")) for name in names)
 
     site = tmp_path / "site"
@@ -37,4 +37,4 @@ def test_the_wheel_ships_the_migrations_and_they_run(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "evaluator", "db", "upgrade", "--db", sqlite_url(db)],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "schema at revision 0005" in result.stdout
+    assert "schema at revision 0006" in result.stdout

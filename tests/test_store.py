@@ -1,4 +1,5 @@
-"""store: one row per checkpoint, history and best, SQLite in WAL mode, errors users can act on."""
+"""store: one row per checkpoint, history and best, claims, errors users can act on; on SQLite (in WAL
+mode) and on a real PostgreSQL server (tests/pg.py), every test that is not about SQLite's file."""
 
 from __future__ import annotations
 
@@ -26,20 +27,47 @@ def evaluation(checkpoint: str, step: int | None, accuracy: float | None = 0.5,
                       evaluated_at=T0 + timedelta(seconds=step or 0), **extra)  # type: ignore[arg-type]
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, db: Path) -> Store:
+    """An upgraded store on each backend."""
+    url = sqlite_url(db) if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    opened = Store.open(url, create=True)
+    opened.upgrade()
+    return opened
+
+
 @pytest.fixture
-def store(db: Path) -> Store:
+def sqlite_store(db: Path) -> Store:
+    """For what is about SQLite's file itself (WAL, locks, the file replaced)."""
     opened = Store.open(sqlite_url(db), create=True)
     opened.upgrade()
     return opened
 
 
+def rows_of(store: Store) -> list[dict[str, object]]:
+    """The evaluations table, read with the backend's own driver (sqlite3, psycopg)."""
+    url = store.engine.url
+    return read_rows(Path(url.database) if url.get_backend_name() == "sqlite" else  # type: ignore[arg-type]
+                     url.render_as_string(hide_password=False))
+
+
+def claims_of(store: Store) -> list[tuple[str, str]]:
+    url = store.engine.url
+    if url.get_backend_name() == "sqlite":
+        return sqlite3.connect(url.database).execute("SELECT owner, fingerprint FROM claims").fetchall()  # type: ignore[arg-type]
+    import psycopg
+
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname=url.database) as connection:
+        return [tuple(row) for row in connection.execute("SELECT owner, fingerprint FROM claims")]  # type: ignore[misc]
+
+
 def test_upgrade_creates_the_schema_and_is_idempotent(store: Store) -> None:
-    assert store.revision() == Store.head_revision() == "0005"
+    assert store.revision() == Store.head_revision() == "0006"
     store.upgrade()
-    assert store.revision() == "0005"
+    assert store.revision() == "0006"
 
 
-def test_sqlite_runs_in_wal_mode(store: Store, db: Path) -> None:
+def test_sqlite_runs_in_wal_mode(sqlite_store: Store, db: Path) -> None:
     assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -49,7 +77,7 @@ def test_a_row_round_trips(store: Store, db: Path) -> None:
     assert store.record(row) is True
     history = store.history("/jobs/a")
     assert history.rows == [row]
-    raw = read_rows(db)[0]
+    raw = rows_of(store)[0]
     assert (raw["status"], raw["step"], raw["accuracy"], raw["ema_source"]) == ("ok", 100, 0.9125, "tf1-names")
 
 
@@ -57,7 +85,7 @@ def test_exactly_once_per_model_dir_and_checkpoint(store: Store, db: Path) -> No
     assert store.record(evaluation("model.ckpt-100", 100, 0.9)) is True
     assert store.record(evaluation("model.ckpt-100", 100, 0.1)) is False
     assert store.record(evaluation("model.ckpt-100", 100, 0.9, model_dir="/jobs/b")) is True
-    rows = read_rows(db)
+    rows = rows_of(store)
     assert len(rows) == 2 and rows[0]["accuracy"] == 0.9  # the first row is kept, never overwritten
     assert store.recorded("/jobs/a", "default") == {"model.ckpt-100": {""}}
 
@@ -91,7 +119,7 @@ def test_best_ties_go_to_the_earliest_step(store: Store) -> None:
     assert [history.is_best(r) for r in history.rows] == [True, False, False]
 
 
-def test_reader_never_sees_locked_or_partial_rows(store: Store, db: Path) -> None:
+def test_reader_never_sees_locked_or_partial_rows(sqlite_store: Store, db: Path) -> None:
     """A reader in another connection, in a loop, while rows are written one transaction each."""
     errors: list[BaseException] = []
     done = threading.Event()
@@ -109,14 +137,14 @@ def test_reader_never_sees_locked_or_partial_rows(store: Store, db: Path) -> Non
     thread = threading.Thread(target=read_loop)
     thread.start()
     for step in range(300):
-        store.record(evaluation(f"m-{step}", step, 0.5))
+        sqlite_store.record(evaluation(f"m-{step}", step, 0.5))
     done.set()
     thread.join()
     assert errors == []
     assert len(read_rows(db)) == 300
 
 
-def test_write_failure_is_a_store_write_error(store: Store, db: Path) -> None:
+def test_write_failure_is_a_store_write_error(sqlite_store: Store, db: Path) -> None:
     locker = sqlite3.connect(db, timeout=0)
     locker.execute("BEGIN IMMEDIATE")  # another writer holds the lock longer than our busy timeout
     impatient = Store.open(sqlite_url(db), create=False, busy_timeout=0.05)
@@ -160,12 +188,12 @@ def test_a_database_without_schema(tmp_path: Path) -> None:
         store.history()
 
 
-def test_a_schema_newer_than_this_version(store: Store, db: Path) -> None:
+def test_a_schema_newer_than_this_version(sqlite_store: Store, db: Path) -> None:
     connection = sqlite3.connect(db)
     connection.execute("UPDATE alembic_version SET version_num = 'ffff_from_the_future'")
     connection.commit()
     with pytest.raises(DatabaseError, match="written by a newer evaluator .*upgrade the evaluator"):
-        store.upgrade()
+        sqlite_store.upgrade()
 
 
 def test_default_url_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -191,7 +219,7 @@ def test_the_key_has_a_name_and_a_fingerprint(store: Store, db: Path) -> None:
     assert store.record(evaluation("model.ckpt-100", 100, 0.1, fingerprint="bbbb")) is False
     assert store.recorded("/jobs/a", "default") == {"model.ckpt-100": {"aaaa", "bbbb"}}
     assert store.recorded("/jobs/a", "raw") == {"model.ckpt-100": {"aaaa"}}
-    assert len(read_rows(db)) == 3
+    assert len(rows_of(store)) == 3
 
 
 def test_a_missing_row_does_not_stand_for_a_later_checkpoint_of_that_name(store: Store) -> None:
@@ -212,7 +240,7 @@ def test_record_many_is_one_transaction_and_skips_existing(store: Store, db: Pat
     store.record(evaluation("m-5", 5, None, status=Status.MISSING))
     rows = [evaluation(f"m-{i}", i, None, status=Status.MISSING) for i in range(1000)]
     assert store.record_many(rows) == 999
-    assert len(read_rows(db)) == 1000
+    assert len(rows_of(store)) == 1000
 
 
 def key(checkpoint: str = "model.ckpt-1", fingerprint: str = "ffff") -> CheckpointKey:
@@ -226,8 +254,7 @@ def test_claims_exclude_others_until_recorded_or_expired(store: Store, db: Path)
     assert store.claim(key(fingerprint="eeee"), "w2", lease=60) is Claim.CLAIMED  # another checkpoint
     assert store.record(evaluation("model.ckpt-1", 1, 0.5, fingerprint="ffff"), owner="w1") is True
     assert store.claim(key(), "w2", lease=60) is Claim.RECORDED
-    claims = sqlite3.connect(db).execute("SELECT owner, fingerprint FROM claims").fetchall()
-    assert claims == [("w2", "eeee")]  # recording dropped w1's claim in the same transaction
+    assert claims_of(store) == [("w2", "eeee")]  # recording dropped w1's claim in the same transaction
 
 
 def test_an_expired_claim_is_taken_over_and_renewal_keeps_one_alive(store: Store) -> None:
@@ -257,27 +284,27 @@ def test_settings_of_the_newest_row(store: Store) -> None:
     assert store.settings("/jobs/a", "default") == {"task": "b:T", "ema": False}
 
 
-def test_a_replaced_or_deleted_file_is_noticed_before_a_write(store: Store, db: Path) -> None:
-    store.remember_identity()
-    store.record(evaluation("m-1", 1, 0.5))
-    store.release()
+def test_a_replaced_or_deleted_file_is_noticed_before_a_write(sqlite_store: Store, db: Path) -> None:
+    sqlite_store.remember_identity()
+    sqlite_store.record(evaluation("m-1", 1, 0.5))
+    sqlite_store.release()
     db.rename(db.with_suffix(".old"))
     with pytest.raises(DatabaseGone, match="was deleted while watching"):
-        store.record(evaluation("m-2", 2, 0.5))
+        sqlite_store.record(evaluation("m-2", 2, 0.5))
     fresh = Store.open(sqlite_url(db), create=True)
     fresh.upgrade()
     fresh.release()
     with pytest.raises(DatabaseGone, match="was replaced by another file"):
-        store.record(evaluation("m-2", 2, 0.5))
+        sqlite_store.record(evaluation("m-2", 2, 0.5))
 
 
-def test_a_lost_schema_at_write_time_is_not_retried_in_silence(store: Store, db: Path) -> None:
-    store.release()
+def test_a_lost_schema_at_write_time_is_not_retried_in_silence(sqlite_store: Store, db: Path) -> None:
+    sqlite_store.release()
     connection = sqlite3.connect(db)
     connection.execute("DROP TABLE evaluations")
     connection.commit()
     with pytest.raises(DatabaseGone, match="lost its evaluator schema"):
-        store.record(evaluation("m-1", 1, 0.5))
+        sqlite_store.record(evaluation("m-1", 1, 0.5))
 
 
 def test_prepare_waits_for_a_locked_database_then_gives_up_restartably(tmp_path: Path) -> None:
@@ -295,8 +322,8 @@ def test_prepare_waits_for_a_locked_database_then_gives_up_restartably(tmp_path:
     Store.prepare(sqlite_url(path), wait=2).release()
 
 
-def test_prepare_takes_no_write_lock_when_the_schema_is_current(store: Store, db: Path) -> None:
-    store.release()
+def test_prepare_takes_no_write_lock_when_the_schema_is_current(sqlite_store: Store, db: Path) -> None:
+    sqlite_store.release()
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:

@@ -12,35 +12,48 @@ from evaluator.evaluation import DEFAULT_NAME
 from evaluator.options import WatchOptions
 
 
-def summary_dir(options: WatchOptions, model_dir: str) -> str:
-    """--summary-dir, else MODEL_DIR/eval (Estimator's convention; eval_<name> for a named evaluation)."""
+def summary_dir(options: WatchOptions, model_dir: str, several: bool = False) -> str:
+    """--summary-dir, else MODEL_DIR/eval (Estimator's convention; eval_<name> for a named evaluation).
+    With several model directories, a given directory holds one subdirectory per run."""
     if options.summary_dir:
-        return os.path.abspath(options.summary_dir)
+        return _per_run(os.path.abspath(options.summary_dir), model_dir, several)
     return os.path.join(model_dir, "eval" if options.name == DEFAULT_NAME else f"eval_{options.name}")
 
 
-def export_dir(options: WatchOptions, model_dir: str) -> str:
+def export_dir(options: WatchOptions, model_dir: str, several: bool = False) -> str:
     """--export-dir, else MODEL_DIR/export/best (best_<name> for a named evaluation)."""
     if options.export_dir:
-        return os.path.abspath(options.export_dir)
+        return _per_run(os.path.abspath(options.export_dir), model_dir, several)
     return os.path.join(model_dir, "export", "best" if options.name == DEFAULT_NAME else f"best_{options.name}")
 
 
-def build_actions(options: WatchOptions, model_dir: str, model: Any, log: Any) -> list[Action]:
-    actions: list[Action] = []
-    if options.summaries:
-        from evaluator.actions.summaries import Summaries
+def _per_run(directory: str, model_dir: str, several: bool) -> str:
+    """One run's own place in a directory shared by several: its path, flattened (`/data/a/run1` ->
+    `data_a_run1`), so two runs never share one."""
+    return os.path.join(directory, model_dir.strip(os.sep).replace(os.sep, "_")) if several else directory
 
-        actions.append(Summaries(summary_dir(options, model_dir), log))
+
+def check_actions(options: WatchOptions, model: Any, several: bool = False) -> None:
+    """ConfigError for what the actions asked for cannot do with this model (before the database)."""
     if options.keep_best > 0:
-        from evaluator.actions.export import BestExport
-
         check_best_metric(options.best_metric, model)
         if "frozen" in options.export and model.kind != "graph":
             raise ConfigError("--export frozen writes a frozen tf.compat.v1 GraphDef: it is for graph tasks "
                               "(inference()); a TF2 task exports --export savedmodel")
-        actions.append(BestExport(export_dir(options, model_dir), model_dir, options.best_metric, options.keep_best,
-                                  ("checkpoint", *options.export), log))
+
+
+def build_actions(options: WatchOptions, model_dir: str, model: Any, log: Any, several: bool = False) -> list[Action]:
+    """The actions of one model directory."""
+    actions: list[Action] = []
+    if options.summaries:
+        from evaluator.actions.summaries import Summaries
+
+        actions.append(Summaries(summary_dir(options, model_dir, several), log))
+    if options.keep_best > 0:
+        from evaluator.actions.export import BestExport
+
+        actions.append(BestExport(export_dir(options, model_dir, several), model_dir, options.best_metric,
+                                  options.keep_best, ("checkpoint", *options.export), log))
     return actions
 
 
