@@ -233,6 +233,7 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
 
     log.configure(log_format, log_level)
 
+    model_dirs = tuple(d for d in model_dirs if d)  # systemd's empty $MODEL_DIR of a --root instance
     if not model_dirs and not roots:
         raise click.UsageError("give a MODEL_DIR (or several), or --root DIR")
     options = WatchOptions(

@@ -75,6 +75,10 @@ class StoreWriteError(EvaluatorError):
     """A row could not be written now (disk full, read-only file, locked); retrying may succeed."""
 
 
+class DatabaseAway(StoreWriteError):
+    """The database server is out of reach for now (a read or a write): retried, like a failed write."""
+
+
 class StateFileError(EvaluatorError):
     """The model directory's `checkpoint` state file exists but can't be read or parsed."""
 

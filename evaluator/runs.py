@@ -19,7 +19,7 @@ from evaluator import checkpoints, log
 from evaluator.actions import Action
 from evaluator.backlog import Backlog
 from evaluator.checkpoints import Checkpoint
-from evaluator.errors import DatabaseError, StateFileError
+from evaluator.errors import DatabaseError, StateFileError, StoreWriteError
 from evaluator.evaluation import Evaluation
 from evaluator.store import Store
 from evaluator.watcher import Watcher
@@ -124,7 +124,7 @@ class Run:
         if self.last_rescan - self.rows_loaded_at >= interval:  # not just loaded
             try:
                 self.load_rows(store)
-            except DatabaseError as err:
+            except (DatabaseError, StoreWriteError) as err:
                 self.log.warning("cannot read the database; will try again", error=str(err))
         self.scan_disk()
 

@@ -184,7 +184,10 @@ class Service:
         assert self.model is not None and self.heartbeat is not None
         found = {d for root in self.roots for d in discover(root, self.options.depth, self.model.reads_weight_files)}
         for directory in sorted(found - set(self.runs)):
-            self._add_run(directory)
+            try:
+                self._add_run(directory)
+            except StoreWriteError as err:  # the database is away: the next tick tries again
+                self.log.warning("cannot read a new run's rows; will try again", model_dir=directory, error=str(err))
         for directory in sorted(set(self.runs) - found - set(self.directories)):
             if not os.path.isdir(directory):
                 self.runs.pop(directory).stop()

@@ -26,7 +26,14 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session
 
-from evaluator.errors import DatabaseError, DatabaseGone, DatabaseUnavailable, SchemaMissing, StoreWriteError
+from evaluator.errors import (
+    DatabaseAway,
+    DatabaseError,
+    DatabaseGone,
+    DatabaseUnavailable,
+    SchemaMissing,
+    StoreWriteError,
+)
 from evaluator.evaluation import EXAMPLES, MAX, MIN, CheckpointKey, Evaluation, History, Status, Worker
 from evaluator.options import DB_ENV
 from evaluator.schema import ClaimRow, EvaluationRow, MetricRow, WorkerRow
@@ -172,7 +179,10 @@ class Store:
         parsed = cls.check_url(url)
         if _is_sqlite_file(parsed):
             _prepare_sqlite_path(parsed, create=create)
-        engine = create_engine(parsed)
+        if parsed.get_backend_name() == "sqlite":
+            engine = create_engine(parsed)
+        else:  # a server: a connection it dropped (restarted, failed over) is noticed before use
+            engine = create_engine(parsed, pool_pre_ping=True, connect_args=_connect_args(parsed))
         if parsed.get_backend_name() == "sqlite":
             event.listen(engine, "connect", functools.partial(_sqlite_on_connect, busy_timeout=busy_timeout))
             event.listen(engine, "begin", _sqlite_on_begin)
@@ -545,6 +555,9 @@ class Store:
         except DBAPIError as err:
             if _no_schema(err):
                 raise self._no_schema_error() from err
+            if _transient(err):
+                self.engine.dispose()
+                raise DatabaseAway(f"cannot read {self.url} for now: {_reason(err)}") from err
             raise DatabaseError(f"cannot read {self.url}: {_reason(err)}") from err
 
     def _no_schema_error(self) -> DatabaseError:
@@ -661,6 +674,13 @@ def _matches(table: Any, key: CheckpointKey) -> tuple[Any, ...]:
     # A `missing` row does not stand for a checkpoint of the same name that appears later.
     legacy = and_(table.fingerprint == "", table.status != Status.MISSING.value)
     return (*same, or_(table.fingerprint == key.fingerprint, legacy))
+
+
+def _connect_args(url: URL) -> dict[str, Any]:
+    """A server that does not answer fails a connection in seconds (then it is retried), not minutes."""
+    if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+        return {"connect_timeout": 10}
+    return {}
 
 
 def _upsert(dialect: str) -> Any:

@@ -147,6 +147,20 @@ def _pg_rows(url: str, model_dir: Path | str | None) -> list[dict[str, Any]]:
             return []
 
 
+def error_lines(stderr: str) -> list[str]:
+    """The errors a command reported: `evaluator: error: X` lines, or, where it logs JSON, the
+    `error` events (each line of a JSON log is an object) — X either way."""
+    found = []
+    for line in stderr.splitlines():
+        if line.startswith("evaluator: error: "):
+            found.append(line[len("evaluator: error: "):])
+        elif line.startswith("{"):
+            event = json.loads(line)
+            if event.get("event") == "error":
+                found.append(event["error"])
+    return found
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1,
              message: str = "condition") -> Any:
     """Poll `condition` until it returns something truthy; fail the test after `timeout` seconds."""

@@ -110,7 +110,8 @@ def test_the_unit_agrees_with_the_code() -> None:
     assert unit["RestartPreventExitStatus"] == [str(EXIT_CONFIG)]  # configuration errors: no restart loop
     assert unit["Restart"] == ["on-failure"] and "StartLimitBurst" in unit
     (exec_start,) = unit["ExecStart"]
-    assert exec_start.startswith("/opt/evaluator/bin/evaluator watch ${MODEL_DIR} --task ${TASK}")
+    # $MODEL_DIR unbraced: empty (a pool instance with EVALUATOR_ARGS=--root DIR) gives no argument
+    assert exec_start.startswith("/opt/evaluator/bin/evaluator watch $MODEL_DIR --task ${TASK}")
     assert "--log-format json" in exec_start and "--wait-for-dir" in exec_start
     grace = float(re.search(r"--stop-grace (\d+)", exec_start).group(1))  # type: ignore[union-attr]
     assert seconds(unit["TimeoutStopSec"][0]) > grace  # the evaluation in progress can finish before SIGKILL

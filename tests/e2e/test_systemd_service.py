@@ -19,6 +19,7 @@ from tests.conftest import (
     DIGITS_TASK,
     Daemon,
     cli_env,
+    error_lines,
     read_rows,
     run_cli,
     slow_task,
@@ -170,5 +171,5 @@ def test_configuration_errors_exit_with_the_no_restart_code(tmp_path: Path, mode
     for args in (["--task", "missing.py:TASK", "--db", db], ["--task", DIGITS_TASK, "--db", "nosuch://db"]):
         result = run_cli("watch", str(model_dir), *args, env=manager.env())
         assert result.returncode == 2
-        assert len([line for line in result.stderr.splitlines() if line.startswith("evaluator: error: ")]) == 1
+        assert len(error_lines(result.stderr)) == 1
     assert "READY=1" not in manager.lines()

@@ -15,7 +15,7 @@ import pytest
 
 from evaluator.service import RELEASE_AFTER
 from evaluator.store import Store
-from tests.conftest import Daemon, read_rows, run_cli, sqlite_url, wait_for
+from tests.conftest import Daemon, error_lines, read_rows, run_cli, sqlite_url, wait_for
 from tests.faults.conftest import Tmpfs, copy_checkpoint, link_all, write_state
 
 pytestmark = pytest.mark.slow
@@ -173,5 +173,5 @@ def test_the_database_lost_at_start_is_a_configuration_error(tmp_path: Path, tra
     finally:
         mounted.unmount()
     assert result.returncode == 2
-    (line,) = [text for text in result.stderr.splitlines() if text.startswith("evaluator: error: ")]
+    (line,) = error_lines(result.stderr)
     record_property("detail", line.rsplit(": ", 1)[-1])

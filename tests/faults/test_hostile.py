@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from tests.conftest import DIGITS, Daemon, read_rows, run_cli, sqlite_url, train, wait_for
+from tests.conftest import DIGITS, Daemon, error_lines, read_rows, run_cli, sqlite_url, train, wait_for
 from tests.faults.conftest import copy_checkpoint, renamed_task, write_state
 
 pytestmark = pytest.mark.slow
@@ -230,9 +230,9 @@ def test_a_broken_task_exits_restartably_and_records_nothing(tmp_path: Path, tra
     assert read_rows(db) == []
     (last,) = [e for e in daemon.events() if e["event"] == "exiting to be restarted"]
     assert "3 times in a row" in last["error"] and expected in last["error"] and "Fix the task" in last["error"]
-    line = daemon.log_text().strip().splitlines()[-1]
-    assert line.startswith("evaluator: error: evaluating failed 3 times in a row")
-    record_property("detail", f"exit 75 after 3 tries, 0 rows: {line[len('evaluator: error: '):][:90]}…")
+    (line,) = error_lines(daemon.log_text())
+    assert line.startswith("evaluating failed 3 times in a row")
+    record_property("detail", f"exit 75 after 3 tries, 0 rows: {line[:90]}…")
 
 
 def test_retry_re_evaluates_failed_checkpoints_after_the_task_is_fixed(
@@ -286,14 +286,14 @@ def test_the_database_file_deleted_or_replaced_while_watching(
     assert exit_code(daemon) == EXIT_TEMPORARY
     evaluated = [e["checkpoint"] for e in daemon.events() if e["event"] == "evaluated"]
     assert evaluated == ["model.ckpt-20"]  # model.ckpt-40 was stored nowhere, so it is not logged
-    line = daemon.log_text().strip().splitlines()[-1]
+    (line,) = error_lines(daemon.log_text())
     assert f"was {'deleted' if how == 'deleted' else 'replaced by another file'} while watching" in line
     if how == "deleted":  # the restart evaluates what the (new) database lacks
         again = Daemon(model_dir, db, "--once", log_path=tmp_path / "again.log").start()
         daemons.append(again)
         assert exit_code(again) == 0
         assert [r["checkpoint"] for r in read_rows(db)] == ["model.ckpt-20", "model.ckpt-40"]
-    record_property("detail", line[len("evaluator: error: "):][:100] + "…")
+    record_property("detail", line[:100] + "…")
 
 
 def test_database_urls_and_schemas_that_cannot_work(tmp_path: Path, trained_dir: Path, db: Path,

@@ -24,7 +24,7 @@ from evaluator.cli import main
 from evaluator.errors import EvaluatorError
 from evaluator.evaluation import MAX_STEP, Evaluation, Status
 from evaluator.store import Store
-from tests.conftest import run_cli, sqlite_url
+from tests.conftest import error_lines, run_cli, sqlite_url
 
 
 def fuzz(examples: int) -> settings:
@@ -192,7 +192,7 @@ def test_a_task_with_a_syntax_error_writes_nothing(tmp_path: Path, trained_dir: 
     for db in (copy, tmp_path / "new.db"):
         result = run_cli("watch", str(model_dir), "--task", f"{tmp_path}/task.py:TASK", "--once",
                          "--db", sqlite_url(db))
-        lines = [text for text in result.stderr.splitlines() if text.startswith("evaluator: error: ")]
+        lines = error_lines(result.stderr)
         assert result.returncode == 2 and len(lines) == 1 and "syntax error" in lines[0]
     assert digest(copy) == before and not (tmp_path / "new.db").exists()
     record_property("detail", lines[0])

@@ -1,0 +1,136 @@
+"""A pool of evaluators sharing one PostgreSQL database (a real server, tests/pg.py): every checkpoint
+of every run evaluated exactly once, work shared, a killed worker's checkpoint taken over, the
+server stopped and started again mid-run, runs found under --root as they come and go."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import pg
+from tests.conftest import Daemon, read_rows, run_cli, saved_by, slow_task, start_trainer, train, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def started(daemon: Daemon) -> list[tuple[str, str]]:
+    """(model_dir, checkpoint) of every evaluation this worker began (debug log)."""
+    return [(e["model_dir"], e["checkpoint"]) for e in daemon.events() if e["event"] == "evaluation started"]
+
+
+def test_three_workers_three_runs_every_checkpoint_once(tmp_path: Path, pg_url: str, daemons: list[Daemon]) -> None:
+    runs = [tmp_path / f"run{i}" for i in range(3)]
+    for run in runs:
+        run.mkdir()
+    workers = [Daemon(runs[0], pg_url, *map(str, runs[1:]), "--log-level", "debug", "--rescan", "2").start()
+               for _ in range(3)]
+    daemons.extend(workers)
+    for worker in workers:
+        worker.wait_ready()
+    trainers = [start_trainer(run, "--steps", "300", "--save-every", "20", "--max-to-keep", "50") for run in runs]
+    saved = {str(run): saved_by(trainer) for run, trainer in zip(runs, trainers)}
+    expected = sum(len(names) for names in saved.values())
+    wait_for(lambda: len(read_rows(pg_url)) >= expected, timeout=180, message=f"{expected} rows")
+    time.sleep(2)  # any late duplicate would land now
+    listing = json.loads(run_cli("workers", "--db", pg_url, "--format", "json").stdout)
+    assert len(listing) == 3 and all(w["alive"] for w in listing)
+    assert sorted(listing[0]["model_dirs"]) == sorted(str(run.resolve()) for run in runs)
+    for worker in workers:
+        assert worker.stop() == 0
+    rows = read_rows(pg_url)
+    keys = [(r["model_dir"], r["checkpoint"]) for r in rows]
+    assert len(keys) == len(set(keys)) == expected  # exactly one row per checkpoint
+    assert {r["status"] for r in rows} == {"ok"}
+    evaluations = [key for worker in workers for key in started(worker)]
+    assert Counter(evaluations).most_common(1)[0][1] == 1  # none evaluated twice
+    assert all(started(worker) for worker in workers)  # every worker did some of the work
+    assert json.loads(run_cli("workers", "--db", pg_url, "--format", "json").stdout) == []  # they left
+
+
+def test_a_killed_worker_checkpoint_is_taken_over_and_recorded_once(tmp_path: Path, trained_dir: Path, pg_url: str,
+                                                                     daemons: list[Daemon]) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_dir, model_dir)
+    task = slow_task(tmp_path, seconds_per_batch=0.5, batches=10)  # 5 s per checkpoint
+    first = Daemon(model_dir, pg_url, "--lease", "4", "--log-level", "debug", task=task).start()
+    daemons.append(first)
+    first.wait_event("evaluation started", timeout=120)
+    second = Daemon(model_dir, pg_url, "--lease", "4", "--log-level", "debug", task=task).start()
+    daemons.append(second)
+    second.wait_ready()
+    victim = started(first)[0]
+    first.stop(signal.SIGKILL)  # mid-evaluation: its claim stays behind
+    rows = second.wait_rows(3, timeout=180)
+    assert second.stop() == 0
+    assert sorted(r["checkpoint"] for r in rows) == ["model.ckpt-20", "model.ckpt-40", "model.ckpt-60"]
+    assert {r["status"] for r in rows} == {"ok"}
+    assert victim in started(second)  # the dead worker's checkpoint, evaluated again by the living
+
+
+@pytest.fixture
+def own_server() -> Iterator[Any]:
+    """A server of this test's own: it is stopped and started again."""
+    if pg.binaries() is None:
+        pytest.skip("PostgreSQL's server is not installed")
+    yield from pg.start_server()
+
+
+def test_the_server_away_for_20_seconds_mid_run(tmp_path: Path, own_server: Any, daemons: list[Daemon]) -> None:
+    """The workers wait, reconnect and finish: nothing lost, nothing doubled."""
+    url = own_server.create_database()
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        run.mkdir()
+    workers = [Daemon(runs[0], url, str(runs[1]), "--rescan", "2", "--lease", "30").start() for _ in range(2)]
+    daemons.extend(workers)
+    for worker in workers:
+        worker.wait_ready()
+    trainers = [start_trainer(run, "--steps", "400", "--save-every", "20", "--max-to-keep", "50", "--delay", "0.3")
+                for run in runs]
+    wait_for(lambda: len(read_rows(url)) >= 4, timeout=120, message="rows before the outage")
+    own_server.stop("fast")
+    time.sleep(20)
+    own_server.start()
+    pg.wait_accepting(own_server)
+    saved = {str(run.resolve()): saved_by(trainer, timeout=180) for run, trainer in zip(runs, trainers)}
+    expected = sum(len(names) for names in saved.values())
+    wait_for(lambda: len(read_rows(url)) >= expected, timeout=240, message=f"{expected} rows after the outage")
+    time.sleep(2)
+    for worker in workers:
+        assert worker.process is not None and worker.process.poll() is None  # never crashed
+        assert worker.stop() == 0
+    rows = read_rows(url)
+    keys = [(r["model_dir"], r["checkpoint"]) for r in rows]
+    assert len(keys) == len(set(keys)) == expected
+    assert sorted(keys) == sorted((d, name) for d, names in saved.items() for name in names)
+    waited = [e for w in workers for e in w.events() if "will retry" in e["event"] or "will try again" in e["event"]]
+    assert waited  # they did notice the outage
+
+
+def test_root_finds_runs_as_they_appear_and_forgets_those_removed(tmp_path: Path, db: Path,
+                                                                   daemons: list[Daemon]) -> None:
+    root = tmp_path / "sweep"
+    root.mkdir()
+    train(root / "lr-0.1" / "model", steps=40, save_every=20)
+    daemon = Daemon(root, db, "--rescan", "1")
+    daemon.command[daemon.command.index(str(root))] = "--root"
+    daemon.command.insert(daemon.command.index("--root") + 1, str(root))
+    daemon.start()
+    daemons.append(daemon)
+    wait_for(lambda: len(read_rows(db)) >= 2, timeout=120, message="the first run's rows")
+    train(root / "lr-0.3" / "model", steps=60, save_every=20)  # a run that starts later
+    wait_for(lambda: len(read_rows(db)) >= 5, timeout=120, message="the second run's rows")
+    shutil.rmtree(root / "lr-0.1")
+    daemon.wait_event("model directory gone; no longer served", timeout=60)
+    assert daemon.stop() == 0
+    by_run = Counter(Path(r["model_dir"]).parent.name for r in read_rows(db))
+    assert by_run == {"lr-0.1": 2, "lr-0.3": 3}  # rows outlive their run's directory
+    assert not any("export" in r["model_dir"] or "eval" in r["model_dir"] for r in read_rows(db))
