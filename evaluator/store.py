@@ -38,6 +38,8 @@ from evaluator.evaluation import EXAMPLES, MAX, MIN, CheckpointKey, Evaluation, 
 from evaluator.options import DB_ENV
 from evaluator.schema import ClaimRow, EvaluationRow, MetricRow, WorkerRow
 
+#: The PostgreSQL advisory lock that serializes migrations (any number that is the evaluator's alone).
+MIGRATION_LOCK = 0x65_76_61_6C  # "eval"
 #: How long a SQLite connection waits for another's lock before failing (seconds).
 SQLITE_BUSY_TIMEOUT = 15.0
 
@@ -212,6 +214,10 @@ class Store:
         cfg = alembic_config()
         try:
             with self._writer.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    # Workers starting together on a new database: one migrates, the others wait
+                    # here and find the schema current (SQLite: BEGIN IMMEDIATE serializes them).
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
                 cfg.attributes["connection"] = connection
                 command.upgrade(cfg, "head")
         except CommandError as err:
@@ -324,7 +330,14 @@ class Store:
             )
             # RETURNING says whether a row was written (an ORM insert's rowcount is not reliable everywhere).
             won = session.execute(stmt.returning(ClaimRow.id)).first() is not None
-            return Claim.CLAIMED if won else Claim.HELD
+            if not won:
+                return Claim.HELD
+            # The upsert may have waited for another evaluator's transaction that recorded this very
+            # checkpoint and dropped its claim (PostgreSQL, read committed): look again, now.
+            if session.scalar(select(EvaluationRow.id).where(*_matches(EvaluationRow, key)).limit(1)):
+                session.execute(delete(ClaimRow).where(*_matches(ClaimRow, key), ClaimRow.owner == owner))
+                return Claim.RECORDED
+            return Claim.CLAIMED
 
     def holder(self, key: CheckpointKey) -> str | None:
         """Who holds the claim on `key`, if anyone."""
