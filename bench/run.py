@@ -37,7 +37,7 @@ DIGITS_TASK = f"{DIGITS / 'task.py'}:TASK"
 WORKLOAD_TASK = f"{ROOT / 'bench' / 'workload.py'}:TASK"
 KERAS_WORKLOAD_TASK = f"{ROOT / 'bench' / 'keras_workload.py'}:TASK"
 OUT = ROOT / "bench" / "out"
-STAGES = ("latency", "idle", "cost", "memory", "report", "throughput", "poll", "keras", "metrics")
+STAGES = ("latency", "idle", "cost", "memory", "report", "throughput", "poll", "keras", "metrics", "pool")
 
 TARGETS = {
     "latency_median_ms": 100.0,
@@ -45,6 +45,7 @@ TARGETS = {
     "memory_growth_mb": 10.0,
     "idle_percent_of_core": 1.0,
     "report_seconds": 0.5,
+    "claim_ms": 5.0,
 }
 
 
@@ -70,13 +71,16 @@ class Sizes:
     #: Saves of a fast trainer with max_to_keep=2, watched with events and with --poll.
     poll_checkpoints: int = 300
     poll_intervals: tuple[float, ...] = (1.0, 0.5, 0.1)
+    #: Claims timed per backend; checkpoints of the realistic model shared by one, then two workers.
+    pool_claims: int = 200
+    pool_checkpoints: int = 24
 
 
 SMOKE = Sizes(latency_checkpoints=3, latency_spacing=0.3, baseline_interval=0.5, classic_checkpoints=2,
               width="64,32", examples=500,
               cost_checkpoints=2, cost_rounds=2, memory_marks=(3, 6), memory_examples=100, idle_seconds=2.0,
               report_rows=2000, report_repeats=2, throughput_checkpoints=15, poll_checkpoints=20,
-              poll_intervals=(1.0,))
+              poll_intervals=(1.0,), pool_claims=20, pool_checkpoints=4)
 
 
 # -- a daemon under measurement --------------------------------------------------------------
@@ -318,6 +322,61 @@ def measure_metrics(work: Path, sizes: Sizes) -> dict[str, Any]:
         "evaluator_s": statistics.median(ours_s), "handwritten_s": statistics.median(theirs_s),
         "ratio": statistics.median(ours_s) / statistics.median(theirs_s), "largest_difference": largest,
     }}
+
+
+def measure_pool(work: Path, sizes: Sizes) -> dict[str, Any]:
+    """10. a claim (and its row) per checkpoint on SQLite and PostgreSQL; the throughput of one and of
+    two `watch` workers sharing a PostgreSQL database on the realistic model."""
+    from bench import workload
+    from evaluator.evaluation import CheckpointKey, Evaluation, Status
+    from evaluator.store import Store
+    from tests import pg
+
+    if pg.binaries() is None:
+        raise SystemExit("bench pool: PostgreSQL's server (initdb, pg_ctl) is not installed")
+    server_gen = pg.start_server(fsync=True)
+    server = next(server_gen)
+    try:
+        urls = {"sqlite": f"sqlite:///{work / 'claims.db'}", "postgresql": server.create_database()}
+        claim_ms: dict[str, float] = {}
+        row_ms: dict[str, float] = {}
+        for backend, url in urls.items():
+            store = Store.open(url, create=True)
+            store.upgrade()
+            claims, records = [], []
+            for index in range(sizes.pool_claims):
+                key = CheckpointKey("/bench", "default", f"m-{index}", "f")
+                start = time.perf_counter()
+                store.claim(key, "bench", lease=90)
+                claims.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                store.record(Evaluation("/bench", key.checkpoint, index, Status.OK, datetime.now(timezone.utc),
+                                        fingerprint="f", accuracy=0.5, loss=1.0, examples=10), owner="bench")
+                records.append(time.perf_counter() - start)
+            claim_ms[backend] = 1000 * statistics.median(claims)
+            row_ms[backend] = 1000 * statistics.median(records)
+            store.release()
+        model_dir = work / "pool"
+        workload.write_checkpoints(str(model_dir), sizes.pool_checkpoints)
+        per_minute = {}
+        for workers in (1, 2):
+            url = server.create_database()
+            procs = [subprocess.Popen([sys.executable, "-m", "evaluator", "watch", str(model_dir), "--task", WORKLOAD_TASK,
+                                       "--db", url, "--once", "--no-summaries", "--keep-best", "0"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+                     for _ in range(workers)]
+            for proc in procs:
+                proc.wait(timeout=900)
+            store = Store.open(url, create=False)
+            rows = store.history(last=10_000).rows
+            store.release()
+            span = (max(r.evaluated_at for r in rows) - min(r.started_at for r in rows if r.started_at)).total_seconds()
+            per_minute[workers] = 60 * len(rows) / span
+    finally:
+        for _ in server_gen:
+            pass
+    return {"pool": {"claim_ms": claim_ms, "row_ms": row_ms, "checkpoints": sizes.pool_checkpoints, "per_minute": per_minute,
+                     "speedup": per_minute[2] / per_minute[1], "parameters": workload.parameters()}}
 
 
 def rss_over_checkpoints(staged: Path, prefix: str, family: str, model_dir: Path, task: str,
@@ -608,6 +667,17 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                      f"{met_['largest_difference']:.1e} of the loop's",
                      f"hand-written loop, same metrics: {met_['handwritten_s'] * 1000:.0f} ms",
                      f"<= {TARGETS['cost_ratio']}x", met(met_["ratio"] <= TARGETS["cost_ratio"])))
+    if "pool" in results:
+        pool = results["pool"]
+        claims = pool["claim_ms"]
+        recorded = pool["row_ms"]
+        rows.append(("10. the claim per checkpoint (PostgreSQL with fsync, as deployed)",
+                     f"SQLite {claims['sqlite']:.1f} ms, PostgreSQL {claims['postgresql']:.1f} ms; the row (and "
+                     f"dropping the claim): {recorded['sqlite']:.1f} ms, {recorded['postgresql']:.1f} ms",
+                     "", f"< {TARGETS['claim_ms']:.0f} ms", met(max(claims.values()) < TARGETS["claim_ms"])))
+        rows.append((f"10. workers sharing PostgreSQL, {pool['checkpoints']} checkpoints of {pool['parameters'] / 1e6:.1f} M params",
+                     f"one: {pool['per_minute'][1]:.0f}/min, two: {pool['per_minute'][2]:.0f}/min "
+                     f"({pool['speedup']:.2f}x; both on this machine's cores)", "", "", ""))
     if "poll" in results:
         poll = results["poll"]
         cells = [f"{mode}: {r['rows']} rows of {r['saved']} saves ({r['ok']} ok, {r['missing']} missing)"
@@ -656,7 +726,7 @@ def main(argv: list[str] | None = None) -> None:
             results.update(_timed("latency + idle", measure_latency_and_idle, work, sizes))
         for stage, measure in (("cost", measure_cost), ("memory", measure_memory), ("report", measure_report),
                                ("throughput", measure_throughput), ("poll", measure_poll),
-                               ("keras", measure_keras), ("metrics", measure_metrics)):
+                               ("keras", measure_keras), ("metrics", measure_metrics), ("pool", measure_pool)):
             if stage in stages:
                 results.update(_timed(stage, measure, work, sizes))
     args.json.parent.mkdir(parents=True, exist_ok=True)

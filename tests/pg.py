@@ -48,13 +48,16 @@ class Server:
     data: Path
     port: int
     run_as: str | None
+    #: Tests run without fsync (speed); the benchmark with it, as a real server runs.
+    fsync: bool = False
 
     def _command(self, *args: str) -> list[str]:
         command = [str(self.bin / args[0]), *args[1:]]
         return ["runuser", "-u", self.run_as, "--", *command] if self.run_as else command
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        options = (f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c max_connections=200"
+                   + ("" if self.fsync else " -c fsync=off"))
         subprocess.run(self._command("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.data / "log"),
                                      "-w", "-t", "60", "start"), check=True, capture_output=True)
 
@@ -75,7 +78,7 @@ class Server:
         return self.url(name)
 
 
-def start_server() -> Iterator[Server]:
+def start_server(fsync: bool = False) -> Iterator[Server]:
     """initdb + start; yields the server; stops and removes it."""
     bin_dir = binaries()
     if bin_dir is None:
@@ -92,7 +95,7 @@ def start_server() -> Iterator[Server]:
             os.chown(path, entry.pw_uid, entry.pw_gid)
     subprocess.run([*(["runuser", "-u", run_as, "--"] if run_as else []), str(bin_dir / "initdb"), "-D", str(data),
                     "-U", USER, "-A", "trust", "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
-    server = Server(bin_dir, data, _free_port(), run_as)
+    server = Server(bin_dir, data, _free_port(), run_as, fsync)
     server.start()
     try:
         yield server

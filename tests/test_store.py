@@ -342,3 +342,21 @@ def test_schema_state(store: Store, db: Path, tmp_path: Path) -> None:
     assert store.schema_state() is SchemaState.CURRENT
     empty = Store.open(sqlite_url(tmp_path / "new.db"), create=True)
     assert empty.schema_state() is SchemaState.NONE
+
+
+def test_workers_beat_show_and_leave(store: Store) -> None:
+    from evaluator.evaluation import Worker
+
+    now = datetime.now(timezone.utc)
+    worker = Worker(owner="h1:10:abc", host="h1", pid=10, lease=30, model_dirs=["/jobs/a"], started_at=now)
+    store.beat(worker)
+    store.beat(Worker(owner="h2:20:def", host="h2", pid=20, lease=30, model_dirs=["/jobs/b"], started_at=now,
+                      evaluating="/jobs/b/model.ckpt-5", evaluating_since=now))
+    store.beat(worker)  # a heartbeat refreshes the row, never adds one
+    found = store.workers()
+    assert [(w.host, w.pid, w.evaluating, w.model_dirs) for w in found] == [
+        ("h1", 10, None, ["/jobs/a"]), ("h2", 20, "/jobs/b/model.ckpt-5", ["/jobs/b"])]
+    assert all(w.alive(datetime.now(timezone.utc)) for w in found)
+    assert not found[0].alive(datetime.now(timezone.utc) + timedelta(seconds=31))  # no heartbeat for a lease: gone
+    store.leave("h1:10:abc")
+    assert [w.host for w in store.workers()] == ["h2"]
