@@ -269,8 +269,10 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
                    "highest; loss and errors: lowest, as recorded). Default: accuracy, else loss.")
 @click.option("--best", "best_only", is_flag=True,
               help="Only the best row of each model directory (and evaluation name).")
+@click.option("--root", type=click.Path(file_okay=False, path_type=str), metavar="DIR",
+              help="Only the model directories below DIR (a sweep served by `watch --root`).")
 def report(last: int, model_dir: str | None, db_url: str | None, fmt: str, metrics: tuple[str, ...],
-           dataset: str | None, best_by: str | None, best_only: bool) -> int:
+           dataset: str | None, best_by: str | None, best_only: bool, root: str | None) -> int:
     """Show the most recent evaluations, by step, the best row marked.
 
     JSON is a list of objects with model_dir, name, checkpoint, fingerprint, step, status,
@@ -295,7 +297,8 @@ def report(last: int, model_dir: str | None, db_url: str | None, fmt: str, metri
                    "--format csv or json for more", err=True)
         last = TABLE_ROWS
     with Store.open(resolve_url(db_url), create=False) as store:
-        view = _View(directory, last, fmt, tuple(dict.fromkeys(metrics)), dataset, best_by, best_only)
+        view = _View(directory, last, fmt, tuple(dict.fromkeys(metrics)), dataset, best_by, best_only,
+                     normalize_model_dir(root) if root else None)
         try:
             try:
                 shown = _render(store, view)
@@ -306,9 +309,9 @@ def report(last: int, model_dir: str | None, db_url: str | None, fmt: str, metri
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         if not shown:
-            where = f" for {view.directory}" if view.directory else ""
+            where = f" for {view.directory}" if view.directory else (f" below {view.root}" if view.root else "")
             click.echo(f"evaluator: no evaluations recorded{where} in {store.url}", err=True)
-            return EXIT_NO_ROWS if view.directory else 0
+            return EXIT_NO_ROWS if view.directory or view.root else 0
     return 0
 
 
@@ -323,13 +326,14 @@ class _View:
     dataset: str | None
     best_by: str | None
     best_only: bool = False
+    root: str | None = None
 
 
 def _render(store: Any, view: _View) -> int:
     """Write the report; returns how many rows it showed."""
     from evaluator import report as report_module
 
-    with store.streaming_history(view.directory, view.last, view.best_by, view.dataset) as history:
+    with store.streaming_history(view.directory, view.last, view.best_by, view.dataset, view.root) as history:
         rows = history.rows if not view.best_only else iter(list(history.best.values()))
         counted = _Counted(rows)
         if view.fmt != "table":

@@ -468,19 +468,20 @@ class Store:
     # -- the report -------------------------------------------------------------------------
 
     def history(self, model_dir: str | None = None, last: int = 10, best_by: str | None = None,
-                dataset: str | None = None) -> History:
-        """The `last` highest-step rows of each evaluation (or of `model_dir`'s), and each one's best
-        by `best_by` (default: accuracy, else loss) on `dataset` (default: the first set)."""
-        with self.streaming_history(model_dir, last, best_by, dataset) as history:
+                dataset: str | None = None, root: str | None = None) -> History:
+        """The `last` highest-step rows of each evaluation (or of `model_dir`'s, or of those below
+        `root`), and each one's best by `best_by` (default: accuracy, else loss) on `dataset`
+        (default: the first set)."""
+        with self.streaming_history(model_dir, last, best_by, dataset, root) as history:
             return dataclasses.replace(history, rows=list(history.rows))
 
     @contextmanager
     def streaming_history(self, model_dir: str | None = None, last: int = 10, best_by: str | None = None,
-                          dataset: str | None = None) -> Iterator[History]:
+                          dataset: str | None = None, root: str | None = None) -> Iterator[History]:
         """Like `history`, with rows read from the database as they are consumed (JSON and CSV of
         any size in constant memory). Rows come per (model directory, name), oldest step first."""
         with self._reading() as session:
-            groups = self._groups(session, model_dir)
+            groups = self._groups(session, model_dir, root)
             best = {group: found for group in groups
                     if (found := self._best(session, *group, best_by, dataset)) is not None}
             yield History(rows=self._rows(session, groups, last), best=best, best_by=best_by, dataset=dataset)
@@ -554,10 +555,14 @@ class Store:
             .order_by(EvaluationRow.id.desc(), MetricRow.id.asc()).limit(1))
 
     @staticmethod
-    def _groups(session: Session, model_dir: str | None) -> list[tuple[str, str]]:
+    def _groups(session: Session, model_dir: str | None, root: str | None = None) -> list[tuple[str, str]]:
         stmt = select(EvaluationRow.model_dir, EvaluationRow.name).distinct()
         if model_dir is not None:
             stmt = stmt.where(EvaluationRow.model_dir == model_dir)
+        if root is not None:
+            root = root.rstrip("/")
+            stmt = stmt.where(or_(EvaluationRow.model_dir == root,
+                                  EvaluationRow.model_dir.startswith(root + "/", autoescape=True)))
         return [(d, n) for d, n in session.execute(stmt.order_by(EvaluationRow.model_dir, EvaluationRow.name))]
 
     @contextmanager

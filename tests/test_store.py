@@ -360,3 +360,11 @@ def test_workers_beat_show_and_leave(store: Store) -> None:
     assert not found[0].alive(datetime.now(timezone.utc) + timedelta(seconds=31))  # no heartbeat for a lease: gone
     store.leave("h1:10:abc")
     assert [w.host for w in store.workers()] == ["h2"]
+
+
+def test_history_below_a_root(store: Store) -> None:
+    """`report --root`: the runs of a sweep, not a sibling whose name merely starts the same."""
+    for model_dir in ("/sweep/a", "/sweep/b/model", "/sweep-old/a", "/sweep_x/a"):
+        store.record(evaluation("m-1", 1, 0.5, model_dir=model_dir))
+    assert sorted({r.model_dir for r in store.history(root="/sweep").rows}) == ["/sweep/a", "/sweep/b/model"]
+    assert {r.model_dir for r in store.history(root="/sweep_").rows} == set()
