@@ -80,6 +80,18 @@ class Evaluation:
     def key(self) -> CheckpointKey:
         return CheckpointKey(self.model_dir, self.name, self.checkpoint, self.fingerprint)
 
+    def value(self, metric: str, dataset: str | None = None) -> float | None:
+        """`metric` on `dataset` (default: the first validation set); `SET/METRIC` names the set too.
+        Rows from before metrics have the columns only (accuracy, loss, examples of the first set)."""
+        if dataset is None and "/" in metric:
+            dataset, metric = metric.rsplit("/", 1)
+        if self.metrics:
+            values = self.metrics.get(dataset) if dataset is not None else next(iter(self.metrics.values()))
+            return None if values is None else values.get(metric)
+        if dataset is None and metric in ("accuracy", "loss", "examples"):
+            return getattr(self, metric)  # type: ignore[no-any-return]
+        return None
+
 
 @dataclass(frozen=True)
 class Metrics:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from evaluator.errors import ConfigError
 from evaluator.evaluation import DEFAULT_NAME, History, Status
-from evaluator.report import metric_value
 
 FORMATS = (".png", ".svg")
 
@@ -28,13 +27,13 @@ def series(history: History, metric: str, dataset: str | None) -> list[Series]:
     rows = list(history.rows)
     found = []
     for model_dir, name in dict.fromkeys((r.model_dir, r.name) for r in rows):
-        points = [(r.step, metric_value(r, metric, dataset)) for r in rows
+        points = [(r.step, r.value(metric, dataset)) for r in rows
                   if (r.model_dir, r.name) == (model_dir, name) and r.status is Status.OK and r.step is not None]
         points = [(step, value) for step, value in points if value is not None]
         if not points:
             continue
         best_row = history.best.get((model_dir, name))
-        best_value = metric_value(best_row, metric, dataset) if best_row is not None else None
+        best_value = best_row.value(metric, dataset) if best_row is not None else None
         best = (best_row.step, best_value) if best_row is not None and best_value is not None and \
             best_row.step is not None else None
         label = _label(model_dir, name, [r.model_dir for r in rows])

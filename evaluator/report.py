@@ -32,7 +32,7 @@ def records(history: History, columns: tuple[str, ...] = ()) -> Iterator[dict[st
     metrics added as fields."""
     for row in history.rows:
         record = _record(row, history.is_best(row))
-        record.update({name: metric_value(row, name, history.dataset) for name in columns})
+        record.update({name: row.value(name, history.dataset) for name in columns})
         yield _short(record)
 
 
@@ -65,16 +65,6 @@ def render(history: History, fmt: str, out: IO[str], columns: tuple[str, ...] = 
 def _csv(value: Any) -> Any:
     """Booleans as JSON and most tools spell them."""
     return ("true" if value else "false") if isinstance(value, bool) else value
-
-
-def metric_value(row: Evaluation, name: str, dataset: str | None = None) -> float | None:
-    """`name` on `dataset` (default: the row's first set); the columns for rows without metrics."""
-    if row.metrics:
-        values = row.metrics.get(dataset) if dataset is not None else next(iter(row.metrics.values()))
-        return None if values is None else values.get(name)
-    if dataset is None and name in ("accuracy", "loss", "examples"):
-        return getattr(row, name)
-    return None
 
 
 def _json_array(items: Iterator[dict[str, Any]], out: IO[str]) -> None:
@@ -125,7 +115,7 @@ def _table(model_dir: str, name: str, rows: list[Evaluation], history: History, 
 
     best = history.best.get((model_dir, name))
     by = history.best_by or ("accuracy" if best is None or best.accuracy is not None else "loss")
-    best_value = None if best is None else metric_value(best, by, history.dataset)
+    best_value = None if best is None else best.value(by, history.dataset)
     caption = (f"★ best {by}: {best_value:.4f}, step {best.step} ({best.checkpoint})"
                if best is not None and best_value is not None else "no successful evaluation yet")
     title = model_dir if name == DEFAULT_NAME else f"{model_dir} ({name})"
@@ -148,10 +138,10 @@ def _table(model_dir: str, name: str, rows: list[Evaluation], history: History, 
     for row in rows:
         cells = [_text(row.step)]
         for column in columns:
-            value = metric_value(row, column, history.dataset)
+            value = row.value(column, history.dataset)
             cells.append(("" if value is None else f"{value:.4f}")
                          + (" ★" if column == star_column and history.is_best(row) else ""))
-        examples = metric_value(row, EXAMPLES, history.dataset)
+        examples = row.value(EXAMPLES, history.dataset)
         cells += [_text(int(examples) if examples is not None else None), row.ema_source or "", _status(row.status),
                   row.checkpoint, row.evaluated_at.astimezone().strftime("%Y-%m-%d %H:%M:%S")]
         if notes:

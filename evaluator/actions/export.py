@@ -40,16 +40,6 @@ class Kept:
     files: list[str]
 
 
-def metric_value(row: Evaluation, metric: str) -> float | None:
-    """`metric` of the row's first validation set, or `SET/METRIC` of a named one."""
-    dataset, _, name = metric.rpartition("/")
-    sets = row.metrics or {}
-    if not sets:
-        return getattr(row, name, None) if not dataset and name in ("accuracy", "loss") else None
-    values = sets.get(dataset) if dataset else next(iter(sets.values()))
-    return None if values is None else values.get(name)
-
-
 class BestExport:
     """Keeps the best `keep` checkpoints by `metric` in `directory` (and exports them in `formats`)."""
 
@@ -96,7 +86,7 @@ class BestExport:
     def _choose_metric(self, rows: list[Evaluation]) -> None:
         """The default metric is accuracy, else (a regression) loss; the direction is the row's."""
         if self.metric is None and rows:
-            self.metric = "accuracy" if any(metric_value(r, "accuracy") is not None for r in rows) else "loss"
+            self.metric = "accuracy" if any(r.value("accuracy") is not None for r in rows) else "loss"
         if self.goal is None and self.metric is not None:
             name = self.metric.rpartition("/")[2]
             for row in rows:
@@ -108,7 +98,7 @@ class BestExport:
                     self.goal = MIN if name == "loss" else "max"
 
     def _rank(self, row: Evaluation) -> tuple[float, int]:
-        value = metric_value(row, self.metric or "accuracy")
+        value = row.value(self.metric or "accuracy")
         if value is None:
             return (float("inf"), 0)
         return ((value if self.goal == MIN else -value), row.step or 0)
@@ -117,7 +107,7 @@ class BestExport:
         return value < than if self.goal == MIN else value > than
 
     def _qualifies(self, row: Evaluation) -> bool:
-        value = metric_value(row, self.metric or "accuracy")
+        value = row.value(self.metric or "accuracy")
         if value is None or any(k.checkpoint == row.checkpoint and k.step == row.step for k in self.kept):
             return False
         if len(self.kept) < self.keep:
@@ -130,7 +120,7 @@ class BestExport:
     # -- keeping ----------------------------------------------------------------------------------
 
     def _keep(self, row: Evaluation, held: dict[str, Any], model: Any) -> None:
-        value = metric_value(row, self.metric or "accuracy")
+        value = row.value(self.metric or "accuracy")
         assert value is not None
         if not held:
             self.log.warning("the new best checkpoint's files were gone before they could be kept",
