@@ -23,6 +23,16 @@ A **graph task** (``tf.compat.v1`` code) provides:
   yields *batches* of ``(features, labels)``. It is called once, inside the evaluation graph.
 
 Optionally ``batch_size`` (int) sets the batch size for numpy data (``--batch-size`` overrides it).
+Either kind may also give:
+
+- ``validation_data()`` returning a mapping from a name to a set: every set is evaluated on every
+  checkpoint (the first is the default one, whose accuracy and loss fill a row's columns);
+- ``metrics``: built-in names, or a mapping from a name to a built-in name, a function
+  ``(labels, outputs) -> per-example values``, a streaming metric (``keras.metrics.Metric`` for
+  TF2 tasks, ``(value, update_op)`` for graph tasks) or a ``(metric, "max"|"min")`` pair
+  (evaluator/metrics.py);
+- ``problem``: "classification" or "regression", when the labels' type does not say it.
+
 If NAME is a class, it is instantiated with no arguments.
 """
 
