@@ -262,8 +262,8 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
               help="A metric to show as a column (repeatable), e.g. top_k_accuracy:5. Default: the "
                    "set's metrics (table); CSV adds the columns; JSON always has every metric.")
 @click.option("--dataset", metavar="NAME",
-              help="The validation set whose metrics the columns show and the best is chosen on. "
-                   "Default: the task's first (or only) set.")
+              help="The validation set whose metrics the columns show (accuracy, loss and examples "
+                   "included) and the best is chosen on. Default: the task's first (or only) set.")
 @click.option("--best-by", metavar="NAME",
               help="The metric the best row is chosen by, in its direction (accuracy and the like: "
                    "highest; loss and errors: lowest, as recorded). Default: accuracy, else loss.")
@@ -300,6 +300,7 @@ def report(last: int, model_dir: str | None, db_url: str | None, fmt: str, metri
         view = _View(directory, last, fmt, tuple(dict.fromkeys(metrics)), dataset, best_by, best_only,
                      normalize_model_dir(root) if root else None)
         try:
+            _check_view(store, view)
             try:
                 shown = _render(store, view)
             except SchemaMissing:  # `watch` may be creating it this very moment
@@ -327,6 +328,27 @@ class _View:
     best_by: str | None
     best_only: bool = False
     root: str | None = None
+
+
+def _check_view(store: Any, view: _View) -> None:
+    """A metric or validation set that no row has is a typo: say which ones there are."""
+    from evaluator.store import SchemaMissing
+
+    try:
+        known = store.known_metrics(view.directory, view.root)
+    except SchemaMissing:
+        return  # said where the report is rendered
+    if not known:
+        return
+    if view.dataset is not None and view.dataset not in known:
+        raise click.BadParameter(f"no row has the validation set {view.dataset!r}; there are {', '.join(sorted(known))}",
+                                 param_hint="'--dataset'")
+    names = known[view.dataset] if view.dataset else set().union(*known.values())
+    for option, wanted in (("--metric", view.metrics), ("--best-by", (view.best_by,) if view.best_by else ())):
+        unknown = [name for name in wanted if name not in names and name.rpartition("/")[2] not in names]
+        if unknown:
+            raise click.BadParameter(f"no row has the metric {unknown[0]!r}; there are "
+                                     f"{', '.join(sorted(names - {'examples'}))}", param_hint=f"'{option}'")
 
 
 def _render(store: Any, view: _View) -> int:
@@ -446,7 +468,8 @@ def plot(model_dirs: tuple[str, ...], metrics: tuple[str, ...], dataset: str | N
             rows += list(history.rows)
             best.update(history.best)
     if not rows:
-        click.echo(f"evaluator: no evaluations recorded in {store.url}", err=True)
+        where = f" for {', '.join(model_dirs)}" if model_dirs else ""
+        click.echo(f"evaluator: no evaluations recorded{where} in {store.url}", err=True)
         return EXIT_NO_ROWS
     drawn = plot_module.draw(History(rows=rows, best=best, best_by=best_by or chosen[0], dataset=dataset),
                              chosen, dataset, out)

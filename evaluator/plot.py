@@ -69,6 +69,7 @@ def draw(history: History, metrics: list[str], dataset: str | None, path: str) -
                               xytext=(6, 8), fontsize=8)
         axis.set_ylabel(metric + (f" ({dataset})" if dataset else ""))
         axis.grid(True, alpha=0.3)
+        axis.margins(y=0.15)  # room for the best point's label
         if lines:
             axis.legend(fontsize=8, loc="best")
         else:

@@ -32,6 +32,9 @@ def records(history: History, columns: tuple[str, ...] = ()) -> Iterator[dict[st
     metrics added as fields."""
     for row in history.rows:
         record = _record(row, history.is_best(row))
+        if history.dataset is not None:  # the fields of today's report, for the set asked for
+            record.update({name: row.value(name, history.dataset) for name in ("accuracy", "loss", EXAMPLES)})
+            record["dataset"] = history.dataset
         record.update({name: row.value(name, history.dataset) for name in columns})
         yield _short(record)
 
@@ -52,7 +55,7 @@ def render(history: History, fmt: str, out: IO[str], columns: tuple[str, ...] = 
     if fmt == "json":
         _json_array(records(history, columns), out)
     elif fmt == "csv":
-        names = [*FIELDS, *(name for name in columns if name not in FIELDS)]
+        names = [*FIELDS, *(["dataset"] if history.dataset else []), *(name for name in columns if name not in FIELDS)]
         writer = csv.DictWriter(out, fieldnames=names, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows({key: _csv(value) for key, value in record.items()} for record in records(history, columns))
@@ -94,22 +97,32 @@ def _tables(history: History, out: IO[str], columns: tuple[str, ...]) -> None:
     rows = list(history.rows)
     for model_dir, name in dict.fromkeys((row.model_dir, row.name) for row in rows):
         group = [row for row in rows if (row.model_dir, row.name) == (model_dir, name)]
-        console.print(_table(model_dir, name, group, history, columns or _default_columns(group, history.dataset)))
+        shown, hidden = columns or _default_columns(group, history.dataset), 0
+        if history.best_by and history.best_by not in shown:
+            shown = (*shown, history.best_by)  # the best is marked in the column it was chosen by
+        if not columns:
+            hidden = len(_metric_names(group, history.dataset)) - len(shown)
+        console.print(_table(model_dir, name, group, history, shown, hidden))
         console.print()
 
 
-def _default_columns(rows: list[Evaluation], dataset: str | None) -> tuple[str, ...]:
-    """The metrics the rows have on the set shown (accuracy and loss first), at most _TABLE_METRICS."""
+def _metric_names(rows: list[Evaluation], dataset: str | None) -> list[str]:
+    """The metrics the rows have on the set shown, accuracy and loss first."""
     names: dict[str, None] = {}
     for row in rows:
         values = (row.metrics or {}).get(dataset) if dataset else next(iter((row.metrics or {}).values()), None)
         names.update(dict.fromkeys(values or {}))
     names.pop(EXAMPLES, None)
-    ordered = [n for n in ("accuracy", "loss") if n in names] + [n for n in names if n not in ("accuracy", "loss")]
-    return tuple(ordered[:_TABLE_METRICS]) or ("accuracy", "loss")
+    return [n for n in ("accuracy", "loss") if n in names] + [n for n in names if n not in ("accuracy", "loss")]
 
 
-def _table(model_dir: str, name: str, rows: list[Evaluation], history: History, columns: tuple[str, ...]) -> Table:
+def _default_columns(rows: list[Evaluation], dataset: str | None) -> tuple[str, ...]:
+    """The first _TABLE_METRICS of the set's metrics."""
+    return tuple(_metric_names(rows, dataset)[:_TABLE_METRICS]) or ("accuracy", "loss")
+
+
+def _table(model_dir: str, name: str, rows: list[Evaluation], history: History, columns: tuple[str, ...],
+           hidden: int = 0) -> Table:
     from rich import box
     from rich.table import Table
 
@@ -118,6 +131,8 @@ def _table(model_dir: str, name: str, rows: list[Evaluation], history: History, 
     best_value = None if best is None else best.value(by, history.dataset)
     caption = (f"★ best {by}: {best_value:.4f}, step {best.step} ({best.checkpoint})"
                if best is not None and best_value is not None else "no successful evaluation yet")
+    if hidden > 0:
+        caption += f"; {hidden} more metric(s) not shown: --metric NAME, or --format json"
     title = model_dir if name == DEFAULT_NAME else f"{model_dir} ({name})"
     sets = [list(row.metrics) for row in rows if row.metrics]
     shown = history.dataset or (sets[-1][0] if sets and len(sets[-1]) > 1 else None)

@@ -535,16 +535,38 @@ class Store:
             stmt = select(EvaluationRow).where(*where, column.is_not(None)).order_by(order, EvaluationRow.step.asc())
         else:
             dataset = dataset or self._default_set(session, model_dir, name)
-            metric = (MetricRow.evaluation_id == EvaluationRow.id, MetricRow.dataset == dataset,
-                      MetricRow.name == best_by)
-            goal = session.scalar(select(MetricRow.goal).join(EvaluationRow, metric[0]).where(*where, *metric[1:])
-                                  .limit(1))
+            joined = (MetricRow.evaluation_id == EvaluationRow.id, MetricRow.dataset == dataset)
+
+            def goal_of(metric: str) -> str | None:
+                return session.scalar(select(MetricRow.goal).join(EvaluationRow, joined[0])
+                                      .where(*where, joined[1], MetricRow.name == metric).limit(1))
+
+            goal = goal_of(best_by) if best_by else None
+            if best_by is None:  # accuracy, else (a regression) loss, on that set
+                best_by, goal = next(((m, g) for m in ("accuracy", "loss") if (g := goal_of(m)) is not None),
+                                     ("accuracy", None))
             if goal is None:
                 return None
+            metric = (*joined, MetricRow.name == best_by)
             order = MetricRow.value.asc() if goal == MIN else MetricRow.value.desc()
             stmt = select(EvaluationRow).join(MetricRow, and_(*metric)).where(*where).order_by(order, EvaluationRow.step.asc())
         top = session.scalars(stmt.limit(1)).first()
         return None if top is None else next(self._with_metrics(session, [top]))
+
+    def known_metrics(self, model_dir: str | None = None, root: str | None = None) -> dict[str, set[str]]:
+        """Validation set -> the metric names recorded for it (`report` checks what it is asked for)."""
+        with self._reading() as session:
+            stmt = (select(MetricRow.dataset, MetricRow.name).distinct()
+                    .join(EvaluationRow, MetricRow.evaluation_id == EvaluationRow.id))
+            if model_dir is not None:
+                stmt = stmt.where(EvaluationRow.model_dir == model_dir)
+            if root is not None:
+                stmt = stmt.where(or_(EvaluationRow.model_dir == root.rstrip("/"),
+                                      EvaluationRow.model_dir.startswith(root.rstrip("/") + "/", autoescape=True)))
+            found: dict[str, set[str]] = {}
+            for dataset, name in session.execute(stmt):
+                found.setdefault(dataset, set()).add(name)
+            return found
 
     @staticmethod
     def _default_set(session: Session, model_dir: str, name: str) -> str | None:

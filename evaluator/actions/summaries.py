@@ -46,15 +46,17 @@ def written(directory: str) -> set[tuple[int, str]]:
     """(step, tag) of every scalar in the event files of `directory` (a truncated last record, from
     a process killed while writing, ends that file's reading)."""
     import tensorflow as tf
+    from tensorflow.python.util import deprecation  # summary_iterator is the reader TensorBoard's docs give
 
     found: set[tuple[int, str]] = set()
-    for path in sorted(glob.glob(os.path.join(directory, EVENTS))):
-        try:
-            for event in tf.compat.v1.train.summary_iterator(path):
-                for value in event.summary.value:
-                    found.add((event.step, value.tag))
-        except (tf.errors.DataLossError, tf.errors.OutOfRangeError):
-            continue
+    with deprecation.silence():
+        for path in sorted(glob.glob(os.path.join(directory, EVENTS))):
+            try:
+                for event in tf.compat.v1.train.summary_iterator(path):
+                    for value in event.summary.value:
+                        found.add((event.step, value.tag))
+            except (tf.errors.DataLossError, tf.errors.OutOfRangeError):
+                continue
     return found
 
 

@@ -57,3 +57,34 @@ def test_two_sets_and_task_metrics_through_the_cli(tmp_path: Path, db: Path) -> 
     columns = list(csv.DictReader(io.StringIO(run_cli("report", "--db", url, "--format", "csv", "--metric",
                                                       "recall:8", "--dataset", "noisy").stdout)))
     assert [float(c["recall:8"]) for c in columns] == pytest.approx([r["metrics"]["noisy"]["recall:8"] for r in rows])
+
+
+def test_report_options_on_named_sets(tmp_path: Path, db: Path) -> None:
+    """What a new user tried: --dataset alone marks the best (accuracy on that set); CSV gives that
+    set's accuracy with a dataset column; a metric or set no row has is a one-line error that lists
+    what there is; metrics beyond the table's width are said to be hidden; --best-by is shown."""
+    model_dir = tmp_path / "model"
+    train(model_dir, steps=60, save_every=20)
+    url = sqlite_url(db)
+    assert run_cli("watch", str(model_dir), "--task", METRICS_TASK, "--db", url, "--once").returncode == 0
+    rows = json.loads(run_cli("report", "--db", url, "--format", "json").stdout)
+    noisy_best = max(rows, key=lambda r: (r["metrics"]["noisy"]["accuracy"], -r["step"]))
+
+    table = run_cli("report", "--db", url, "--dataset", "noisy").stdout
+    assert f"★ best accuracy: {noisy_best['metrics']['noisy']['accuracy']:.4f}" in table
+    assert "1 more metric(s) not shown" in table  # 7 metrics, 6 columns
+    by_brier = run_cli("report", "--db", url, "--metric", "f1", "--best-by", "brier").stdout
+    assert "brier" in by_brier.splitlines()[2]  # the column the best was chosen by is shown
+    best_only = json.loads(run_cli("report", "--db", url, "--best", "--dataset", "noisy", "--format", "json").stdout)
+    assert [r["checkpoint"] for r in best_only] == [noisy_best["checkpoint"]]
+
+    lines = list(csv.DictReader(io.StringIO(run_cli("report", "--db", url, "--format", "csv", "--dataset",
+                                                    "noisy").stdout)))
+    assert {line["dataset"] for line in lines} == {"noisy"}
+    assert [float(line["accuracy"]) for line in lines] == pytest.approx([r["metrics"]["noisy"]["accuracy"] for r in rows])
+
+    for args, fragment in ((["--metric", "top5"], "no row has the metric 'top5'; there are accuracy, auc"),
+                           (["--best-by", "nosuch"], "no row has the metric 'nosuch'"),
+                           (["--dataset", "nosuch"], "no row has the validation set 'nosuch'; there are clean, noisy")):
+        bad = run_cli("report", "--db", url, *args)
+        assert bad.returncode == 2 and fragment in bad.stderr and "Traceback" not in bad.stderr
