@@ -85,6 +85,9 @@ SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 def resolve_url(url: str | None) -> str:
     """--db, else $EVALUATOR_DB, else the default SQLite file. A plain path to a `.db` (`.sqlite`)
     file, or any path with a directory in it, means that SQLite file."""
+    if url is not None and not url.strip():
+        raise DatabaseError("--db is empty: give a database URL (sqlite:////path/e.db, postgresql+psycopg://...) "
+                            "or a path to a .db file, or leave --db out for the default database")
     url = url or os.environ.get(DB_ENV) or default_url()
     if "://" not in url and (url.lower().endswith(SQLITE_SUFFIXES) or os.sep in url):
         return "sqlite:///" + os.path.abspath(os.path.expanduser(url))

@@ -5,13 +5,16 @@ Rows are read with the standard library's sqlite3, independently of evaluator.st
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -174,10 +177,17 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60.0, interval: floa
         time.sleep(interval)
 
 
+#: The default database's home for the commands the tests run: never the user's own
+#: (~/.local/state/evaluator, where `scripts/demo` writes).
+_STATE_HOME = tempfile.mkdtemp(prefix="evaluator-test-state-")
+atexit.register(shutil.rmtree, _STATE_HOME, True)
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("EVALUATOR_DB", None)
     env.pop("NOTIFY_SOCKET", None)
+    env["XDG_STATE_HOME"] = _STATE_HOME
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.update(extra)
     return env

@@ -172,6 +172,8 @@ def test_bad_database_urls(url: str, capsys: pytest.CaptureFixture[str], databas
                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """CLI fuzz: `report --db` and `db current --db` with malformed or unusable URLs"""
     monkeypatch.chdir(tmp_path)  # a relative sqlite path would land here, and must not be created
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # no default database to fall back on
+    monkeypatch.delenv("EVALUATOR_DB", raising=False)
     before = digest(database)
     listing = sorted(os.listdir(tmp_path))
     for command in (["report"], ["db", "current"]):
