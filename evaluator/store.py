@@ -564,8 +564,7 @@ class Store:
             if model_dir is not None:
                 stmt = stmt.where(EvaluationRow.model_dir == model_dir)
             if root is not None:
-                stmt = stmt.where(or_(EvaluationRow.model_dir == root.rstrip("/"),
-                                      EvaluationRow.model_dir.startswith(root.rstrip("/") + "/", autoescape=True)))
+                stmt = stmt.where(_below(root))
             found: dict[str, set[str]] = {}
             for dataset, name in session.execute(stmt):
                 found.setdefault(dataset, set()).add(name)
@@ -585,9 +584,7 @@ class Store:
         if model_dir is not None:
             stmt = stmt.where(EvaluationRow.model_dir == model_dir)
         if root is not None:
-            root = root.rstrip("/")
-            stmt = stmt.where(or_(EvaluationRow.model_dir == root,
-                                  EvaluationRow.model_dir.startswith(root + "/", autoescape=True)))
+            stmt = stmt.where(_below(root))
         return [(d, n) for d, n in session.execute(stmt.order_by(EvaluationRow.model_dir, EvaluationRow.name))]
 
     @contextmanager
@@ -717,6 +714,12 @@ def _matches(table: Any, key: CheckpointKey) -> tuple[Any, ...]:
     # A `missing` row does not stand for a checkpoint of the same name that appears later.
     legacy = and_(table.fingerprint == "", table.status != Status.MISSING.value)
     return (*same, or_(table.fingerprint == key.fingerprint, legacy))
+
+
+def _below(root: str) -> Any:
+    """The rows of `root` and of every model directory under it (not a sibling that merely starts alike)."""
+    root = root.rstrip("/")
+    return or_(EvaluationRow.model_dir == root, EvaluationRow.model_dir.startswith(root + "/", autoescape=True))
 
 
 def _connect_args(url: URL) -> dict[str, Any]:

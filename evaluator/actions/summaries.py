@@ -8,6 +8,7 @@ there are read, and the points recorded rows lack there are written (the rows ar
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ from evaluator.evaluation import EXAMPLES, Evaluation, Status
 EVENTS = "events.out.tfevents.*"
 
 
+@functools.cache
 def _scalar_metadata() -> bytes:
     """What TensorBoard's scalars plugin marks its points with (as tf.summary.scalar would, without
     needing the tensorboard package in the daemon)."""
@@ -28,8 +30,6 @@ def _scalar_metadata() -> bytes:
         plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
         data_class=summary_pb2.DATA_CLASS_SCALAR).SerializeToString()
 
-
-_SCALAR: bytes = b""
 
 
 def tags(evaluation: Evaluation) -> dict[str, float]:
@@ -96,14 +96,12 @@ class Summaries:
             return 0
         import tensorflow as tf
 
-        global _SCALAR
-        _SCALAR = _SCALAR or _scalar_metadata()
         if self._writer is None:
             os.makedirs(self.directory, exist_ok=True)
             self._writer = tf.summary.create_file_writer(self.directory)
         with self._writer.as_default(step=row.step):
             for tag, value in points.items():
-                tf.summary.write(tag, tf.constant(value, tf.float32), metadata=_SCALAR)
+                tf.summary.write(tag, tf.constant(value, tf.float32), metadata=_scalar_metadata())
         self._writer.flush()
         self._written.update((row.step, tag) for tag in points)
         return len(points)

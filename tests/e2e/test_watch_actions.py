@@ -4,7 +4,6 @@ with training, and a log that is JSON on every line (the README's jq recipe run 
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -17,20 +16,10 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
+from tests.actions.test_summaries import points
 from tests.conftest import DIGITS_TASK, ROOT, Daemon, read_rows, run_cli, sqlite_url, start_trainer, train
 
 pytestmark = pytest.mark.slow
-
-
-def points(directory: Path) -> list[tuple[int, str, float]]:
-    found = []
-    for path in sorted(glob.glob(str(directory / "events.out.tfevents.*"))):
-        try:
-            for event in tf.compat.v1.train.summary_iterator(path):
-                found += [(event.step, v.tag, float(tf.make_ndarray(v.tensor))) for v in event.summary.value]
-        except tf.errors.DataLossError:
-            continue
-    return sorted(found)
 
 
 def expected_points(db: Path, model_dir: Path) -> list[tuple[int, str, float]]:
