@@ -17,7 +17,7 @@ import click
 
 from evaluator import __version__
 from evaluator.checkpoints import EMA_NAME, normalize_model_dir
-from evaluator.errors import EXIT_CONFIG, EXIT_NO_ROWS, EvaluatorError
+from evaluator.errors import EXIT_CONFIG, EXIT_NO_ROWS, EXIT_UPGRADE_NEEDED, EvaluatorError
 from evaluator.evaluation import DEFAULT_NAME, Status
 from evaluator.options import (
     DB_ENV,
@@ -246,7 +246,7 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
         best_metric=best_metric, keep_best=keep_best, export_dir=export_dir, export=tuple(dict.fromkeys(exports)),
         until_step=until_step, idle_timeout=idle_timeout, done_file=done_file,
     )
-    return Service(options).run()
+    return Service(options).run(own_process=True)
 
 
 @cli.command()
@@ -546,7 +546,8 @@ def upgrade(db_url: str | None) -> int:
 def current(db_url: str | None) -> int:
     """Show the database's schema revision and whether it needs `evaluator db upgrade`.
 
-    Exits 1 when an upgrade is needed, so scripts can test it; 2 when a newer evaluator wrote it.
+    Exits 5 when an upgrade is needed (or there is no schema yet), so scripts can test it; 2 when
+    a newer evaluator wrote it.
     """
     from evaluator.errors import DatabaseError
     from evaluator.store import SchemaState, Store, describe, resolve_url
@@ -559,7 +560,7 @@ def current(db_url: str | None) -> int:
     head = Store.head_revision()
     state = "up to date" if revision == head else f"needs `evaluator db upgrade` (newest is {head})"
     click.echo(f"{describe(url)}: revision {revision or 'none'}, {state}")
-    return 0 if revision == head else 1
+    return 0 if revision == head else EXIT_UPGRADE_NEEDED
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,6 +19,8 @@ EXIT_INCOMPLETE = 3
 EXIT_TEMPORARY = 75
 #: `report` / `plot` found no rows for what they were asked to show.
 EXIT_NO_ROWS = 4
+#: `db current`: the schema is older than this evaluator's (or missing): run `evaluator db upgrade`.
+EXIT_UPGRADE_NEEDED = 5
 
 
 class EvaluatorError(Exception):

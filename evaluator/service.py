@@ -107,10 +107,11 @@ class Service:
 
     # -- the whole run ----------------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self, *, own_process: bool = False) -> int:
         """Start, evaluate until stopped (or once), stop; returns the exit status. Raises ConfigError
-        for what can't work, TemporaryError for what may work after a restart."""
-        with self.shutdown.handling_signals(on_signal=self._wake.set):
+        for what can't work, TemporaryError for what may work after a restart. `own_process`: the
+        process ends with the service, so signals stay handled until it exits."""
+        with self.shutdown.handling_signals(on_signal=self._wake.set, until_exit=own_process):
             try:
                 self._start()
                 self._loop()

@@ -3,7 +3,10 @@
 The first signal asks the loop to stop: it starts no new checkpoint, and the one in progress may
 finish if it does so within the grace period, else it is abandoned (no row is written, so the
 next start evaluates it). A second signal abandons it at once. The handler only sets flags; the
-loop does the logging.
+loop does the logging. In the `watch` process the signals stay caught until it exits: one during
+the clean end (closing the model, releasing claims, the last log lines) is one more request, and
+one after it (TensorFlow's teardown at exit takes a while) is ignored, never the default action
+that kills the process with 128+N and no `stopped` line.
 """
 
 from __future__ import annotations
@@ -51,8 +54,11 @@ class Shutdown:
         return self.event.wait(max(0.0, seconds))
 
     @contextmanager
-    def handling_signals(self, on_signal: Callable[[], None]) -> Iterator[None]:
-        """Turn SIGTERM, SIGINT and SIGHUP into requests (and call `on_signal`) while inside the block."""
+    def handling_signals(self, on_signal: Callable[[], None], *, until_exit: bool = False) -> Iterator[None]:
+        """Turn SIGTERM, SIGINT and SIGHUP into requests (and call `on_signal`) while inside the block;
+        with `until_exit` (the process ends with the block), ignore them after it instead of restoring
+        the previous handlers: Python's finalization resets its own handlers to the default action,
+        but leaves SIG_IGN in place."""
 
         def handler(signum: int, frame: FrameType | None) -> None:
             self.request(signal.Signals(signum).name)
@@ -63,4 +69,4 @@ class Shutdown:
             yield
         finally:
             for sig, old in previous.items():
-                signal.signal(sig, old)
+                signal.signal(sig, signal.SIG_IGN if until_exit else old)

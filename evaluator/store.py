@@ -52,6 +52,9 @@ _TRANSIENT = ("locked", "busy", "could not connect", "connection refused", "serv
               "timed out", "terminating connection", "connection reset", "the database system is",
               "connection to server", "connection is bad", "connection is lost", "server conn crashed",
               "consuming input failed", "the connection is closed", "connection already closed")
+#: Words of a server's FATAL answer to a login that will not change by waiting.
+_REFUSED = ("does not exist", "authentication failed", "pg_hba.conf", "not permitted to log in",
+            "no password supplied", "permission denied for database", "password is required")
 
 
 class Claim(str, enum.Enum):
@@ -196,6 +199,10 @@ class Store:
                 pass
         except DBAPIError as err:
             engine.dispose()
+            if _refused(err):
+                raise DatabaseError(f"the database server refused the login for {describe(url)}: "
+                                    f"{_fatal(err)}; check the user, password and database name in --db "
+                                    "(waiting will not help)") from err
             raise DatabaseError(f"cannot open database {describe(url)}: {_reason(err)}") from err
         return cls(engine)
 
@@ -761,11 +768,26 @@ def _no_schema(err: DBAPIError) -> bool:
 
 
 def _transient(err: DBAPIError) -> bool:
-    """Whether `err` says the database is busy or out of reach for now (worth waiting for)."""
-    if not isinstance(err, OperationalError):
+    """Whether `err` says the database is busy or out of reach for now (worth waiting for); a server
+    that answered and refused the login is not (waiting will not change the user or the password)."""
+    if not isinstance(err, OperationalError) or _refused(err):
         return False
     text = str(err.orig).lower()
     return any(words in text for words in _TRANSIENT)
+
+
+def _refused(err: DBAPIError) -> bool:
+    """Whether the server answered and refused the connection: unknown role or database, a wrong
+    or missing password, no pg_hba.conf entry, a role that may not log in."""
+    text = str(err.orig).lower()
+    return "fatal:" in text and any(words in text for words in _REFUSED)
+
+
+def _fatal(err: DBAPIError) -> str:
+    """The server's FATAL line without the connection preamble ("FATAL: role "x" does not exist")."""
+    text = _reason(err)
+    at = text.find("FATAL:")
+    return " ".join(text[at:].split()) if at >= 0 else text
 
 
 def _reason(err: DBAPIError) -> str:

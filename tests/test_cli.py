@@ -136,13 +136,31 @@ def test_gpu_requested_on_a_machine_without_one(trained_dir: Path, db: Path) -> 
 
 
 def test_db_upgrade_and_current(db: Path) -> None:
-    url = sqlite_url(db)
+    from evaluator.store import Store
+
+    url, head = sqlite_url(db), Store.head_revision()
     first = run_cli("db", "upgrade", "--db", url)
-    assert first.returncode == 0 and "schema at revision 0006 (upgraded from an empty database)" in first.stdout
+    assert first.returncode == 0 and f"schema at revision {head} (upgraded from an empty database)" in first.stdout
     again = run_cli("db", "upgrade", "--db", url)
     assert "already up to date" in again.stdout
     current = run_cli("db", "current", "--db", url)
-    assert current.returncode == 0 and "revision 0006, up to date" in current.stdout
+    assert current.returncode == 0 and f"revision {head}, up to date" in current.stdout
+
+
+def test_db_current_says_an_upgrade_is_needed_with_its_own_exit_code(db: Path) -> None:
+    """Not 1, which is a crash: 5, documented, so a script can tell the two apart."""
+    from alembic import command
+
+    from evaluator.store import Store, alembic_config
+
+    with Store.open(sqlite_url(db), create=True) as store, store.engine.begin() as connection:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0005")
+    current = run_cli("db", "current", "--db", sqlite_url(db))
+    assert current.returncode == 5, current.stdout + current.stderr
+    assert "revision 0005, needs `evaluator db upgrade`" in current.stdout
+    assert "| 5 | `db current`" in (ROOT / "README.md").read_text()
 
 
 def test_db_url_from_the_environment(db: Path) -> None:

@@ -9,7 +9,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -175,3 +175,31 @@ def test_the_database_lost_at_start_is_a_configuration_error(tmp_path: Path, tra
     assert result.returncode == 2
     (line,) = error_lines(result.stderr)
     record_property("detail", line.rsplit(": ", 1)[-1])
+
+
+@pytest.mark.parametrize("refusal", ["unknown role", "no such database", "may not log in"])
+def test_a_refused_postgresql_login_is_a_configuration_error(tmp_path: Path, trained_dir: Path, pg_server: Any,
+                                                             refusal: str) -> None:
+    """The server answers and says no: that will never heal, so exit 2 at once with the server's
+    reason, not 75 after --db-wait with "raise --db-wait"."""
+    import psycopg
+
+    url = pg_server.create_database()
+    if refusal == "unknown role":
+        url, expected = url.replace("://evaluator@", "://nosuchrole@"), 'role "nosuchrole" does not exist'
+    elif refusal == "no such database":
+        url, expected = url.rsplit("/", 1)[0] + "/nosuchdb", 'database "nosuchdb" does not exist'
+    else:
+        with psycopg.connect(f"host=127.0.0.1 port={pg_server.port} user=evaluator dbname=postgres",
+                             autocommit=True) as connection:
+            connection.execute("DO $$ BEGIN CREATE ROLE nologin NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        url, expected = url.replace("://evaluator@", "://nologin@"), 'role "nologin" is not permitted to log in'
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_dir, model_dir)
+    started = time.monotonic()
+    result = run_cli("watch", str(model_dir), "--task", "examples/digits/task.py:TASK", "--once", "--db", url,
+                     "--db-wait", "120")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert time.monotonic() - started < 60  # not after --db-wait
+    (line,) = error_lines(result.stderr)
+    assert expected in line and "refused the login" in line and "--db-wait" not in line, line

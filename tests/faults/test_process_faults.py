@@ -64,3 +64,31 @@ def test_model_dir_missing_at_start_then_deleted_and_recreated(
         "model.ckpt-20", "model.ckpt-40", "model.ckpt-25", "model.ckpt-50", "model.ckpt-75"]
     assert all(r["status"] == "ok" for r in rows)
     record_property("detail", "waited, evaluated 2, directory replaced, evaluated the 3 new ones")
+
+
+@pytest.mark.parametrize("first,more", [(signal.SIGTERM, (signal.SIGTERM,)), (signal.SIGINT, (signal.SIGINT,)),
+                                        (signal.SIGHUP, (signal.SIGTERM, signal.SIGINT))],
+                         ids=["term", "int", "hup-term-int"])
+def test_signals_during_shutdown_never_skip_the_clean_end(
+        tmp_path: Path, trained_dir: Path, db: Path, daemons: list[Daemon], first: int, more: tuple[int, ...]) -> None:
+    """A second and third signal may shorten the grace, but the process still ends with exit 0 and
+    its `stopped` line: signals keep coming every few milliseconds through every phase of the end
+    (closing the model, the claims, the last lines, TensorFlow's teardown at exit)."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_dir, model_dir)
+    daemon = Daemon(model_dir, db).start()
+    daemons.append(daemon)
+    daemon.wait_rows(3)
+    assert daemon.process is not None
+    daemon.send(first)
+    deadline = time.monotonic() + 60
+    sent = 0
+    while daemon.process.poll() is None and time.monotonic() < deadline:
+        for sig in more:
+            daemon.send(sig)
+            sent += 1
+        time.sleep(0.005)
+    assert sent >= 2
+    assert daemon.stop() == 0, daemon.log_text()[-2000:]
+    events = [e["event"] for e in daemon.events()]
+    assert "stopping" in events and events[-1] == "stopped", events[-5:]
