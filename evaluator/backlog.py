@@ -174,6 +174,11 @@ class Backlog:
         with self._lock:
             return len(self._pending)
 
+    def all(self) -> list[Pending]:
+        """Every pending checkpoint, due or not, oldest step first."""
+        with self._lock:
+            return sorted(self._pending.values(), key=lambda p: p.sort_key)
+
     def due(self) -> list[Pending]:
         """The pending checkpoints that may be tried now, oldest step first."""
         now = time.monotonic()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from evaluator.evaluation import Evaluation, Status
 
@@ -21,14 +21,18 @@ class Ending:
     done_file: str | None = None
     #: Why the run ends, once it does.
     reason: str | None = None
-    last_activity: float = field(default_factory=time.monotonic)
+    #: Whether it ends because --until-step was reached (what is still pending is then left).
+    reached_step: bool = False
+    #: time.monotonic() of the last new thing; None until a model directory is there (the idle
+    #: clock of --wait-for-dir starts when training creates the directory, not with the process).
+    last_activity: float | None = None
 
     @property
     def active(self) -> bool:
         return self.until_step is not None or self.idle_timeout is not None or self.done_file is not None
 
     def activity(self) -> None:
-        """Something new: a checkpoint detected or evaluated."""
+        """Something new: a model directory appeared, a checkpoint was detected or evaluated."""
         self.last_activity = time.monotonic()
 
     def recorded(self, evaluation: Evaluation) -> None:
@@ -36,20 +40,24 @@ class Ending:
         if (self.until_step is not None and evaluation.status is not Status.MISSING and evaluation.step is not None
                 and evaluation.step >= self.until_step):
             self.reason = f"evaluated step {evaluation.step}, at or past --until-step {self.until_step}"
+            self.reached_step = True
 
     def done_file_seen(self) -> bool:
         return self.done_file is not None and os.path.exists(self.done_file)
 
     def quiet(self, nothing_pending: bool) -> None:
         """Called when the loop goes idle: ends the run after --idle-timeout of nothing new."""
-        if self.idle_timeout is None or not nothing_pending:
+        if self.idle_timeout is None or self.last_activity is None or not nothing_pending:
             return
         quiet_for = time.monotonic() - self.last_activity
         if quiet_for >= self.idle_timeout:
             self.reason = f"nothing new for {quiet_for:.0f} s (--idle-timeout {self.idle_timeout:g} s)"
 
     def wake_in(self) -> float | None:
-        """Seconds until --idle-timeout would end the run (the idle wait is no longer than that)."""
-        if self.idle_timeout is None:
+        """Seconds until --idle-timeout would end the run (the idle wait is no longer than that);
+        None when there is no clock, or it ran out while something is still pending (the loop then
+        checks again when that is done, rather than spinning)."""
+        if self.idle_timeout is None or self.last_activity is None:
             return None
-        return max(0.0, self.last_activity + self.idle_timeout - time.monotonic())
+        left = self.last_activity + self.idle_timeout - time.monotonic()
+        return left if left > 0 else None

@@ -287,6 +287,7 @@ class Service:
 
     def _loop(self) -> None:
         while not self.shutdown.requested:
+            self.store.check_identity()  # type: ignore[union-attr]  # deleted while idle too: exit 75 now
             present = self._ensure_watch()
             if present and not self._finishing and self.ending.done_file_seen():
                 self._finish("done file found; evaluating what is pending, then stopping")
@@ -302,12 +303,25 @@ class Service:
                     if self._finishing:
                         self.ending.reason = f"training wrote {self.options.done_file}; everything pending was evaluated"
                     break
-                self.ending.quiet(nothing_pending=all(len(run.backlog) == 0 for run in self.runs.values()))
+            # A model directory that is gone brings nothing new either: --idle-timeout counts on.
+            self.ending.quiet(nothing_pending=not present or all(len(run.backlog) == 0 for run in self.runs.values()))
             if self.ending.reason:
                 break
             self._idle(present)
         if self.ending.reason and not self.shutdown.requested:
             self.log.info("training is over; stopping", reason=self.ending.reason)
+            if self.ending.reached_step:
+                self._say_what_is_left()
+
+    def _say_what_is_left(self) -> None:
+        """--until-step: name the checkpoints seen but not evaluated (past the target, or not yet
+        tried), so a user does not mistake their missing rows for a fault."""
+        for run in self.runs.values():
+            left = run.backlog.all()
+            if left:
+                run.log.warning("checkpoints left without a row at --until-step", count=len(left),
+                                first=left[0].checkpoint.name, last=left[-1].checkpoint.name,
+                                until_step=self.options.until_step)
 
     @property
     def _once(self) -> bool:
@@ -412,7 +426,10 @@ class Service:
             there, appeared = run.ensure_watch(self.notifier)
             present = present or there
             if appeared:
+                self.ending.activity()  # the idle clock starts when training created the directory
                 self._wake.set()
+        if self.roots and self.ending.last_activity is None:
+            self.ending.activity()  # runs below a root come and go: the clock starts with the process
         return present or bool(self.roots)
 
     # -- what is missing --------------------------------------------------------------------

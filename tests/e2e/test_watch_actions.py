@@ -78,6 +78,77 @@ def test_until_step_ends_the_run_after_that_step(tmp_path: Path, trained_dir: Pa
     assert [r["step"] for r in read_rows(db, model_dir)] == [20, 40]
     (over,) = [e for e in daemon.events() if e["event"] == "training is over; stopping"]
     assert "--until-step 40" in over["reason"]
+    (left,) = [e for e in daemon.events() if e["event"] == "checkpoints left without a row at --until-step"]
+    assert (left["count"], left["first"], left["last"]) == (1, "model.ckpt-60", "model.ckpt-60")
+
+
+def test_until_step_names_the_checkpoints_it_leaves(tmp_path: Path, db: Path, daemons: list[Daemon]) -> None:
+    """Steps 10..100 on disk, --until-step 30: 30 ends the run, and the log says which of the
+    others got no row (a count, the first and the last), so none of them looks lost."""
+    model_dir = tmp_path / "model"
+    train(model_dir, steps=100, save_every=10, max_to_keep=20)
+    daemon = Daemon(model_dir, db, "--until-step", "30").start()
+    daemons.append(daemon)
+    assert daemon.process is not None and daemon.process.wait(timeout=120) == 0
+    daemon.stop()
+    assert [r["step"] for r in read_rows(db, model_dir)] == [10, 20, 30]
+    (left,) = [e for e in daemon.events() if e["event"] == "checkpoints left without a row at --until-step"]
+    assert (left["count"], left["first"], left["last"], left["until_step"]) == (7, "model.ckpt-40", "model.ckpt-100", 30)
+    assert left["level"] == "warning"
+
+
+def test_idle_timeout_counts_from_the_directory_appearing(tmp_path: Path, db: Path, daemons: list[Daemon]) -> None:
+    """--wait-for-dir --idle-timeout 4s, and training creates the directory 8 s later: the idle
+    clock starts then, so its checkpoints are evaluated (it used to exit 0 with no rows)."""
+    model_dir = tmp_path / "later" / "model"
+    daemon = Daemon(model_dir, db, "--wait-for-dir", "--idle-timeout", "4s").start()
+    daemons.append(daemon)
+    daemon.wait_ready()
+    time.sleep(8)
+    assert daemon.process is not None and daemon.process.poll() is None, daemon.log_text()[-2000:]
+    staged = tmp_path / "staged"
+    train(staged, steps=40, save_every=20, relative_paths=True)
+    model_dir.parent.mkdir(parents=True)
+    staged.rename(model_dir)
+    assert daemon.process.wait(timeout=90) == 0
+    daemon.stop()
+    assert [r["step"] for r in read_rows(db, model_dir)] == [20, 40]
+    over = next(e for e in daemon.events() if e["event"] == "training is over; stopping")
+    assert "--idle-timeout 4 s" in over["reason"]
+
+
+def test_idle_timeout_fires_after_the_directory_is_deleted(tmp_path: Path, trained_dir: Path, db: Path,
+                                                          daemons: list[Daemon]) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_dir, model_dir)
+    daemon = Daemon(model_dir, db, "--idle-timeout", "3s").start()
+    daemons.append(daemon)
+    daemon.wait_rows(3)
+    shutil.rmtree(model_dir)
+    assert daemon.process is not None and daemon.process.wait(timeout=30) == 0
+    daemon.stop()
+    assert any(e["event"] == "training is over; stopping" for e in daemon.events())
+
+
+def test_model_dir_and_database_deleted_while_watching_exit_75(tmp_path: Path, trained_dir: Path,
+                                                              daemons: list[Daemon]) -> None:
+    """Both gone at once: the loop that waits for the directory notices the database file went too
+    and exits 75 within seconds (the README's promise), instead of waiting forever."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_dir, model_dir)
+    db = tmp_path / "state" / "evaluations.db"
+    daemon = Daemon(model_dir, db, "--idle-timeout", "1h", log_path=tmp_path / "watch.log").start()
+    daemons.append(daemon)
+    daemon.wait_rows(3)
+    time.sleep(3)  # idle: the connection is released
+    shutil.rmtree(model_dir)
+    shutil.rmtree(db.parent)
+    gone = time.monotonic()
+    assert daemon.process is not None and daemon.process.wait(timeout=30) == 75
+    assert time.monotonic() - gone < 15
+    daemon.stop()
+    exiting = [e for e in daemon.events() if e["event"] == "exiting to be restarted"]
+    assert len(exiting) == 1 and "was deleted while watching" in exiting[0]["error"]
 
 
 def test_idle_timeout_ends_a_quiet_run(tmp_path: Path, trained_dir: Path, db: Path, daemons: list[Daemon]) -> None:
