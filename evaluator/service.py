@@ -448,20 +448,22 @@ class Service:
         now = utcnow()
         rows = [replace(self._base(run, p, "", now), status=Status.MISSING, error=self._missing_reason(run, p),
                         started_at=None) for p in missing]
-        inserted = self._write("record missing checkpoints", lambda: self.store.record_many(rows),  # type: ignore[union-attr]
-                               checkpoint=missing[0].checkpoint.name)
-        if inserted is None:
+        written = self._write("record missing checkpoints", lambda: self.store.record_new(rows),  # type: ignore[union-attr]
+                              checkpoint=missing[0].checkpoint.name)
+        if written is None:
             return 0
         for pending in missing:
             run.backlog.done(pending, None)
-        if len(rows) <= 3:
-            for row in rows:
+        if len(written) < len(rows):  # the others have a row already: another evaluator's, said by its log
+            run.log.debug("already recorded by another evaluator", count=len(rows) - len(written))
+        if len(written) <= 3:
+            for row in written:
                 self._log_evaluation(run, row)
         else:
-            run.log.warning("checkpoints missing", count=len(rows), first=rows[0].checkpoint,
-                            last=rows[-1].checkpoint, status=Status.MISSING.value, error=rows[0].error)
+            run.log.warning("checkpoints missing", count=len(written), first=written[0].checkpoint,
+                            last=written[-1].checkpoint, status=Status.MISSING.value, error=written[0].error)
         self.notifier.status(self._status_line())
-        return inserted
+        return len(written)
 
     def _missing_reason(self, run: Run, pending: Pending) -> str:
         if pending.seen_on_disk:

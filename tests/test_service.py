@@ -178,3 +178,32 @@ def test_a_checkpoint_manager_directory(tmp_path: Path, db: Path, logs: io.Strin
     rows = read_rows(db)
     assert [(r["checkpoint"], r["step"], r["status"], r["ema_source"]) for r in rows] == [
         ("ckpt-10", 10, "ok", "tf1-names"), ("ckpt-20", 20, "ok", "tf1-names"), ("ckpt-30", 30, "ok", "tf1-names")]
+
+
+def test_the_log_says_only_what_this_evaluator_recorded(model_dir: Path, db: Path, logs: io.StringIO,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool: another evaluator recorded model.ckpt-20 and -40 `ok` after this one read the rows
+    (Store.recorded answers as it did before those rows existed), and training deleted their files
+    since. This one finds them gone, but its `missing` rows are not written, so its log must not
+    say `evaluated … missing` for them: the log says what the database holds."""
+    from datetime import datetime, timezone
+
+    from evaluator.evaluation import Evaluation, Status
+    from evaluator.store import Store
+
+    directory = str(model_dir.resolve())
+    with Store.open(sqlite_url(db), create=True) as store:
+        store.upgrade()
+        for step in (20, 40):
+            store.record(Evaluation(directory, f"model.ckpt-{step}", step, Status.OK, datetime.now(timezone.utc),
+                                    fingerprint="theirs", accuracy=0.9, loss=0.3, examples=360))
+    for path in model_dir.glob("model.ckpt-[24]0.*"):
+        path.unlink()
+    monkeypatch.setattr(Store, "recorded", lambda self, model_dir, name: {})
+    assert once(model_dir, db) == 0
+    rows = read_rows(db, model_dir)
+    assert [(r["checkpoint"], r["status"]) for r in rows] == [
+        ("model.ckpt-20", "ok"), ("model.ckpt-40", "ok"), ("model.ckpt-60", "ok")]
+    said = [(e["checkpoint"], e["status"]) for e in events(logs) if e["event"] == "evaluated"]
+    assert said == [("model.ckpt-60", "ok")]
+    assert not any(e["event"] == "checkpoints missing" for e in events(logs))
