@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from datetime import datetime, timezone
+from typing import Any
 
 from evaluator.evaluation import Evaluation, History, Status
 from evaluator.report import FIELDS, JSON_FIELDS, records, render
@@ -85,3 +86,69 @@ def test_csv_spells_booleans_as_json_does_and_floats_carry_no_noise() -> None:
     render(history, "json", out)
     (record,) = json.loads(out.getvalue())
     assert record["accuracy"] == 0.8944444 and record["metrics"]["validation"] == {"accuracy": 0.8944444, "examples": 360}
+
+
+class _Terminal(io.StringIO):
+    """What rich sees as a terminal (its width from $COLUMNS)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def wide_history() -> History:
+    """Six metrics, long step numbers and a long note: wider than 80 columns by far."""
+    names = ("accuracy", "loss", "top_k_accuracy:5", "precision", "recall", "f1")
+    rows = [Evaluation(model_dir="/data/experiments/sweep-2026/run-0042", checkpoint=f"model.ckpt-{step}",
+                       step=step, status=Status.OK, evaluated_at=WHEN, examples=10000, ema_source="keras-use-ema",
+                       accuracy=0.1234567 + i / 10, loss=12.3456789 - i,
+                       metrics={"validation": {"accuracy": 0.1234567 + i / 10, "loss": 12.3456789 - i,
+                                               **{n: 0.5 + i / 10 + k / 100 for k, n in enumerate(names[2:])}}})
+            for i, step in enumerate((1_000_000_000, 1_000_000_500))]
+    rows.append(Evaluation(model_dir=rows[0].model_dir, checkpoint="model.ckpt-1000001000", step=1_000_001_000,
+                           status=Status.MISSING, evaluated_at=WHEN,
+                           error="model.ckpt-1000001000 was deleted before it could be read (training's max_to_keep?)"))
+    return History(rows=rows, best={(rows[0].model_dir, "default"): rows[1]})
+
+
+def _plain_text(text: str) -> list[str]:
+    import re
+
+    return [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in text.splitlines()]
+
+
+def test_a_narrow_terminal_never_cuts_a_number(monkeypatch: Any) -> None:
+    """An 80-column terminal: columns are left out (the caption says which), the note wraps, and
+    every number shown is whole: no `0.9…`."""
+    monkeypatch.setenv("COLUMNS", "80")
+    out = _Terminal()
+    render(wide_history(), "table", out, ("accuracy", "loss", "top_k_accuracy:5", "precision", "recall", "f1"))
+    lines = _plain_text(out.getvalue())
+    text = "\n".join(lines)
+    assert "…" not in text and max(len(line) for line in lines) <= 80, text
+    for step in ("1000000000", "1000000500", "1000001000"):
+        assert step in text
+    for value in ("0.1235", "0.2235", "12.3457", "11.3457"):
+        assert value in text, value
+    words = " ".join(text.split())  # the caption wraps at 80 columns too
+    assert "not shown at this width:" in words and "evaluated" in words.split("not shown at this width:")[1]
+
+
+def test_a_wide_terminal_wraps_the_note_instead_of_squeezing_numbers(monkeypatch: Any) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    out = _Terminal()
+    render(wide_history(), "table", out, ("accuracy", "loss"))
+    text = "\n".join(_plain_text(out.getvalue()))
+    assert "…" not in text and "not shown" not in text
+    assert "deleted before it" in text and "model.ckpt-1000000500" in text and "12.3457" in text
+
+
+def test_piped_tables_are_plain_rows_at_their_natural_width() -> None:
+    """Not a terminal: every column in full, nothing cut or wrapped, no padding after the last column."""
+    out = io.StringIO()
+    render(wide_history(), "table", out, ("accuracy", "loss", "top_k_accuracy:5", "precision", "recall", "f1"))
+    lines = out.getvalue().splitlines()
+    assert all(line == line.rstrip() for line in lines)
+    assert "\x1b[" not in out.getvalue() and "…" not in out.getvalue()
+    (missing,) = [line for line in lines if "1000001000" in line and "missing" in line]
+    assert missing.endswith("was deleted before it could be read (training's max_to_keep?)")
+    assert "not shown" not in out.getvalue()
