@@ -17,7 +17,7 @@ recall[:C]          max   average over the classes that occur (labels or predict
 f1[:C]              max   scikit-learn does
 auc[:C]             max   exact ROC AUC (ranks, ties averaged): class 1 against 0 for two
                           classes, class C against the rest, else the macro one-vs-rest
-mae, mse, rmse      min   regression errors
+mae, mse, rmse      min   regression errors (several targets per example: over all of them)
 ==================  ====  ===============================================================
 
 Defaults: ``accuracy`` and ``loss`` for classification, ``loss`` (MSE) and ``mae`` for regression.
@@ -45,7 +45,8 @@ _FALLING = ("loss", "error", "mae", "mse", "rmse", "distance", "perplexity")
 
 @dataclass(frozen=True)
 class Problem:
-    """What the outputs mean: classes (`outputs` [batch, classes]; 1 is one logit) or a regression."""
+    """What the outputs mean: classes (`outputs` [batch, classes]; 1 is one logit) or a regression
+    (`outputs` [batch] or [batch, targets], as the labels)."""
 
     kind: str
     classes: int | None = None
@@ -188,10 +189,10 @@ class _Error(Metric):
         self.which = which
 
     def statistics(self, labels: tf.Tensor, outputs: tf.Tensor, problem: Problem) -> dict[str, tf.Tensor]:
-        error = tf.cast(regression_outputs(outputs), tf.float64) - tf.cast(labels, tf.float64)
+        error = regression_errors(labels, outputs)
         if self.which == "mae":
-            return {"sum": tf.reduce_sum(tf.abs(error))}
-        return {"sum": tf.reduce_sum(tf.square(error))}
+            return {"sum": tf.reduce_sum(_per_example(tf.abs(error)))}
+        return {"sum": tf.reduce_sum(_per_example(tf.square(error)))}
 
     def value(self, totals: dict[str, np.ndarray], examples: int) -> float:
         mean = float(totals["sum"]) / examples
@@ -286,9 +287,17 @@ class Suite:
     def goals(self) -> dict[str, str]:
         return {**{n: m.goal for n, m in self.reduced.items()}, **{n: s.goal for n, s in self.streaming.items()}}
 
+    def labels(self, labels: tf.Tensor) -> tf.Tensor:
+        """The labels as the metrics take them: a classification's as int64 class indices (floats
+        with whole values are class indices too)."""
+        if self.problem.kind == CLASSIFICATION and labels.dtype != tf.int64:
+            return tf.cast(labels, tf.int64)
+        return labels
+
     def statistics(self, labels: tf.Tensor, outputs: tf.Tensor) -> dict[str, tf.Tensor]:
         """Every reduced metric's per-batch tensors, keyed `<metric>/<statistic>`, and the count."""
-        found = {EXAMPLES: tf.size(labels, out_type=tf.int64)}
+        labels = self.labels(labels)
+        found = {EXAMPLES: tf.shape(labels, out_type=tf.int64)[0]}
         for name, metric in list(self.reduced.items()):
             if isinstance(metric, _PerExample):
                 result = metric.call(labels, outputs)
@@ -445,9 +454,10 @@ def predicted_classes(outputs: tf.Tensor, problem: Problem) -> tf.Tensor:
 
 
 def losses(labels: tf.Tensor, outputs: tf.Tensor, problem: Problem) -> tf.Tensor:
-    """The per-example loss: softmax or sigmoid cross-entropy, or the squared error."""
+    """The per-example loss: softmax or sigmoid cross-entropy, or the squared error (several
+    targets: its mean over them)."""
     if problem.kind == REGRESSION:
-        return tf.square(tf.cast(regression_outputs(outputs), tf.float64) - tf.cast(labels, tf.float64))
+        return _per_example(tf.square(regression_errors(labels, outputs)))
     if problem.classes == 1:
         target = tf.cast(labels, outputs.dtype)
         if problem.from_logits:
@@ -463,6 +473,18 @@ def losses(labels: tf.Tensor, outputs: tf.Tensor, problem: Problem) -> tf.Tensor
 def regression_outputs(outputs: tf.Tensor) -> tf.Tensor:
     """A regression model's outputs as [batch] ([batch, 1] is squeezed)."""
     return outputs[:, 0] if outputs.shape.rank == 2 else outputs
+
+
+def regression_errors(labels: tf.Tensor, outputs: tf.Tensor) -> tf.Tensor:
+    """outputs - targets in float64: [batch] for one target per example, [batch, targets] for several."""
+    if labels.shape.rank != 2:
+        outputs = regression_outputs(outputs)
+    return tf.cast(outputs, tf.float64) - tf.cast(labels, tf.float64)
+
+
+def _per_example(values: tf.Tensor) -> tf.Tensor:
+    """Per-target values [batch, targets] averaged per example: [batch] (one target: as they are)."""
+    return tf.reduce_mean(values, axis=1) if values.shape.rank == 2 else values
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:

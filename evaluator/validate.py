@@ -70,7 +70,9 @@ class Validator:
             logits = task.inference(self._inputs.features)
         except Exception as err:
             raise TaskError(f"inference() failed to build the graph: {type(err).__name__}: {err}") from err
-        logits = _check_logits(logits, self.sets.problem)
+        if not isinstance(logits, tf.Tensor):
+            raise TaskError(f"inference() must return a tensor of outputs, not {type(logits).__name__}")
+        self.sets = data.settle(self.sets, logits.shape, logits.dtype, "inference()")  # the problem, with the width
         problem = metrics.Problem(self.sets.problem, _classes(logits, self.sets.problem),
                                   bool(getattr(task, "from_logits", True)))
         self.suite = metrics.suite(task, problem, extra_metrics, streaming_kind="graph")
@@ -141,31 +143,12 @@ def _structure(sets: data.ValidationSets) -> tuple[tf.TensorSpec, tf.TensorSpec]
     shape = sets.sets[0].feature_spec.shape
     for validation in sets.sets[1:]:
         shape = shape.most_specific_compatible_shape(validation.feature_spec.shape)
-    return tf.TensorSpec(shape, feature_types.pop()), tf.TensorSpec([None], sets.sets[0].label_spec.dtype)
+    labels = sets.sets[0].label_spec  # [batch], or [batch, targets] for several targets per example
+    return tf.TensorSpec(shape, feature_types.pop()), tf.TensorSpec([None, *labels.shape[1:]] if labels.shape.rank
+                                                                    else [None], labels.dtype)
 
 
 def _classes(outputs: tf.Tensor, problem: str) -> int | None:
     if problem == metrics.REGRESSION or outputs.shape.rank != 2:
         return None
     return outputs.shape[1]
-
-
-def _check_logits(logits: Any, problem: str) -> tf.Tensor:
-    if not isinstance(logits, tf.Tensor):
-        raise TaskError(f"inference() must return a tensor of outputs, not {type(logits).__name__}")
-    check_outputs(logits.shape, logits.dtype, problem, "inference()")
-    return logits
-
-
-def check_outputs(shape: tf.TensorShape, dtype: tf.DType, problem: str, who: str) -> None:
-    """TaskError unless the outputs fit the problem: [batch, classes] logits, or a regression's
-    [batch] / [batch, 1] values, floating point."""
-    if problem == metrics.REGRESSION:
-        if shape.rank is not None and not (shape.rank == 1 or (shape.rank == 2 and shape[1] in (1, None))):
-            raise TaskError(f"{who} returns {shape} outputs, but the labels are floating-point values, one per "
-                            "example, which makes this a regression (one output per example): give class labels as "
-                            "integers (or one-hot rows), or set the task's problem = 'classification'")
-    elif shape.rank is not None and shape.rank != 2:
-        raise TaskError(f"{who} must return logits of shape [batch, classes], not {shape}")
-    if not tf.as_dtype(dtype).is_floating:
-        raise TaskError(f"{who} must return floating-point outputs, not {tf.as_dtype(dtype).name}")

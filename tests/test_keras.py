@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from evaluator import checkpoints
-from evaluator.errors import CheckpointError
+from evaluator.errors import CheckpointError, TaskError
 from evaluator.models.keras import KerasModel
 from tests import keras_layouts
 from tests.conftest import ROOT
@@ -337,3 +337,100 @@ def test_a_regression_model(tmp_path: Path) -> None:
     assert values["loss"] == pytest.approx(np.mean(error ** 2), rel=1e-5)
     assert values["mae"] == pytest.approx(np.mean(np.abs(error)), rel=1e-5)
     assert values["rmse"] == pytest.approx(np.sqrt(np.mean(error ** 2)), rel=1e-5)
+
+
+# -- what the labels mean, decided at build with the model's output width ---------------------------
+
+def five_targets(n: int = 203) -> tuple[np.ndarray, np.ndarray]:
+    """The tf.train.Checkpoint guide's regression: x -> five float targets per example."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = (x @ rng.normal(size=(4, 5)) + np.arange(5.0)).astype(np.float32)
+    return x, y
+
+
+def dense_checkpoint(tmp_path: Path, units: int, seed: int = 4) -> tuple[Any, str, np.ndarray, np.ndarray]:
+    """A Keras Dense(units) on 4 inputs, its weights set and saved: (factory, prefix, kernel, bias)."""
+    import keras
+
+    def build() -> Any:
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(units)])
+
+    rng = np.random.default_rng(seed)
+    kernel, bias = rng.normal(size=(4, units)).astype(np.float32), rng.normal(size=units).astype(np.float32)
+    trained = build()
+    trained.layers[0].kernel.assign(kernel)
+    trained.layers[0].bias.assign(bias)
+    return build, tf.train.Checkpoint(model=trained).save(str(tmp_path / "ckpt")), kernel, bias
+
+
+class DataTask(Task):
+    def __init__(self, factory: Any, value: Any, problem: str | None = None) -> None:
+        super().__init__(factory)
+        self.value = value
+        if problem is not None:
+            self.problem = problem
+
+    def validation_data(self) -> Any:
+        return self.value() if callable(self.value) else self.value
+
+
+@pytest.mark.parametrize("dataset", [False, True])
+def test_five_float_targets_are_a_regression_over_every_output(tmp_path: Path, dataset: bool) -> None:
+    x, y = five_targets()
+    build, path, kernel, bias = dense_checkpoint(tmp_path, 5)
+    value = (lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(50)) if dataset else (x, y)
+    model = KerasModel.build(DataTask(build, value), device="cpu", batch_size=64)
+    outcome = model.evaluate(checkpoints.at(str(tmp_path), path))  # type: ignore[arg-type]
+    error = x.astype(np.float64) @ kernel + bias - y
+    assert model.sets.problem == "regression" and outcome.metrics.accuracy is None
+    values = outcome.metrics.values["validation"]
+    assert set(values) == {"loss", "mae"} and outcome.metrics.examples == len(y)
+    assert values["loss"] == pytest.approx(np.mean(error ** 2), rel=1e-5)
+    assert values["mae"] == pytest.approx(np.mean(np.abs(error)), rel=1e-5)
+
+
+@pytest.mark.parametrize(("units", "labels", "message"), [
+    (3, five_targets()[1], r"5 targets per example.*the model has 3 outputs"),
+    (10, np.eye(12, dtype=np.float32)[np.arange(203) % 12], r"one-hot rows of 12 classes but the model has 10 outputs"),
+    (10, np.eye(12, dtype=np.int64)[np.arange(203) % 12], r"one-hot rows of 12 classes but the model has 10 outputs"),
+    (10, (np.arange(203) % 10 + 0.5).astype(np.float32), r"fractional values.*the model has 10 outputs"),
+    (10, (np.arange(203) % 12).astype(np.float32), r"whole values 0\.\.11.*class indices 0\.\.9"),
+])
+def test_labels_that_do_not_fit_the_outputs_fail_at_build(tmp_path: Path, units: int, labels: np.ndarray,
+                                                         message: str) -> None:
+    build, _, _, _ = dense_checkpoint(tmp_path, units)
+    with pytest.raises(TaskError, match=message):
+        KerasModel.build(DataTask(build, (five_targets()[0], labels)), device="cpu")
+
+
+@pytest.mark.parametrize("dataset", [False, True])
+def test_float32_class_labels_are_class_indices(keras3_run: tuple[str, list[str]], dataset: bool) -> None:
+    """y.astype("float32") with the digits network's 10 logits: classes, said once in the log."""
+    from structlog.testing import capture_logs
+
+    kind, saved = keras3_run
+    if kind != "sequential":
+        pytest.skip("once is enough")
+    labels = Y.astype(np.float32)
+    value = (lambda: tf.data.Dataset.from_tensor_slices((X, labels)).batch(50)) if dataset else (X, labels)
+    with capture_logs() as logs:
+        model = KerasModel.build(DataTask(lambda: keras_model.build(kind), value), device="cpu", batch_size=97)
+    assert [e["event"] for e in logs if "class indices" in e["event"]] == [
+        "labels are floats with whole values: taken as class indices; set the task's problem = 'regression' if "
+        "they are targets"]
+    _, averages = keras3_tensors(saved[-1])
+    accuracy, loss, _ = figures(model, saved[-1])
+    assert model.sets.problem == "classification"
+    assert_close((accuracy, loss), numpy_figures(*averages))
+
+
+def test_problem_regression_overrides_the_labels(tmp_path: Path) -> None:
+    """One-hot rows with problem = "regression": five targets, the MSE against them."""
+    x, _ = five_targets()
+    one_hot = np.eye(5, dtype=np.float32)[np.arange(len(x)) % 5]
+    build, path, kernel, bias = dense_checkpoint(tmp_path, 5)
+    model = KerasModel.build(DataTask(build, (x, one_hot), "regression"), device="cpu")
+    values = model.evaluate(checkpoints.at(str(tmp_path), path)).metrics.values["validation"]  # type: ignore[arg-type]
+    error = x.astype(np.float64) @ kernel + bias - one_hot
+    assert values["loss"] == pytest.approx(np.mean(error ** 2), rel=1e-5) and "accuracy" not in values

@@ -175,3 +175,22 @@ def test_settle_drops_undefined_values_and_fails_on_a_non_finite_loss() -> None:
     assert kept == {"a": {"loss": 0.5}} and "auc undefined on 'a'" in warnings[0]
     with pytest.raises(CheckpointError, match="loss is not finite"):
         metrics.settle({"a": {"loss": math.inf}})
+
+
+def test_several_targets_per_example_are_averaged_over_every_output() -> None:
+    """[N, 5] targets against 5 outputs: the loss is the MSE over all N x 5 values; examples count rows."""
+    rng = np.random.default_rng(5)
+    targets = rng.normal(1, 2, (EXAMPLES, 5)).astype(np.float32)
+    predictions = (targets + rng.normal(0, 0.5, (EXAMPLES, 5))).astype(np.float32)
+    values = run(suite_of(["mse", "rmse"], Problem(REGRESSION)), targets, predictions)
+    assert values["loss"] == pytest.approx(sk.mean_squared_error(targets, predictions), abs=1e-6)
+    assert values["mse"] == pytest.approx(sk.mean_squared_error(targets, predictions), abs=1e-6)
+    assert values["mae"] == pytest.approx(sk.mean_absolute_error(targets, predictions), abs=1e-6)
+    assert values["rmse"] == pytest.approx(math.sqrt(sk.mean_squared_error(targets, predictions)), abs=1e-6)
+
+
+def test_class_labels_given_as_floats_are_class_indices() -> None:
+    labels, logits = imbalanced(5)
+    names = ["top_k_accuracy:2", "f1", "auc"]
+    as_floats = run(suite_of(names, Problem(CLASSIFICATION, 5)), labels.astype(np.float32), logits)
+    assert as_floats == run(suite_of(names, Problem(CLASSIFICATION, 5)), labels, logits)

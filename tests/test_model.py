@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -210,3 +211,101 @@ TASK = T()
                 assert found.values[name][metric] == pytest.approx(value, abs=1e-5), (ckpt.name, name, metric)
         assert found.goals == {"accuracy": "max", "loss": "min", "top_k_accuracy:3": "max", "margin": "max",
                                "confidence": "max"}
+
+
+# -- what the labels mean, decided at build with the inference's output width ----------------------
+
+def five_targets(n: int = 203) -> tuple[np.ndarray, np.ndarray]:
+    """The tf.train.Checkpoint guide's regression: x -> five float targets per example."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = (x @ rng.normal(size=(4, 5)) + np.arange(5.0)).astype(np.float32)
+    return x, y
+
+
+def dense_checkpoint(directory: Path, units: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """A tf.compat.v1 dense layer's variables (`dense/kernel`, `dense/bias`) set and saved by a Saver."""
+    rng = np.random.default_rng(4)
+    kernel, bias = rng.normal(size=(4, units)).astype(np.float32), rng.normal(size=units).astype(np.float32)
+    with tf.Graph().as_default():
+        tf.compat.v1.get_variable("dense/kernel", initializer=kernel)
+        tf.compat.v1.get_variable("dense/bias", initializer=bias)
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            path = tf.compat.v1.train.Saver().save(session, str(directory / "model.ckpt"), global_step=7)
+    return path, kernel, bias
+
+
+class DenseTask:
+    """A graph task: one dense layer of `units` outputs on 4 features."""
+
+    def __init__(self, units: int, value: Any, problem: str | None = None) -> None:
+        self.units = units
+        self.value = value
+        if problem is not None:
+            self.problem = problem
+
+    def inference(self, features: tf.Tensor) -> tf.Tensor:
+        kernel = tf.compat.v1.get_variable("dense/kernel", shape=[4, self.units])
+        bias = tf.compat.v1.get_variable("dense/bias", shape=[self.units])
+        return tf.matmul(features, kernel) + bias
+
+    def validation_data(self) -> Any:
+        return self.value() if callable(self.value) else self.value
+
+
+@pytest.mark.parametrize("dataset", [False, True])
+def test_five_float_targets_are_a_regression_over_every_output(tmp_path: Path, dataset: bool) -> None:
+    x, y = five_targets()
+    path, kernel, bias = dense_checkpoint(tmp_path, 5)
+    value = (lambda: tf.data.Dataset.from_tensor_slices((x, y)).batch(50)) if dataset else (x, y)
+    model = EvalModel.build(DenseTask(5, value), device="cpu", batch_size=64)
+    outcome = model.evaluate(checkpoints.at(str(tmp_path), path))  # type: ignore[arg-type]
+    error = x.astype(np.float64) @ kernel + bias - y
+    assert model.sets.problem == "regression" and outcome.metrics.accuracy is None
+    values = outcome.metrics.values["validation"]
+    assert set(values) == {"loss", "mae"} and outcome.metrics.examples == len(y)
+    assert values["loss"] == pytest.approx(np.mean(error ** 2), rel=1e-5)
+    assert values["mae"] == pytest.approx(np.mean(np.abs(error)), rel=1e-5)
+
+
+@pytest.mark.parametrize(("units", "labels", "message"), [
+    (3, five_targets()[1], r"5 targets per example.*inference\(\) has 3 outputs"),
+    (10, np.eye(12, dtype=np.float32)[np.arange(203) % 12], r"one-hot rows of 12 classes but inference\(\) has 10 outputs"),
+    (10, np.eye(12, dtype=np.int64)[np.arange(203) % 12], r"one-hot rows of 12 classes but inference\(\) has 10 outputs"),
+    (10, (np.arange(203) % 10 + 0.5).astype(np.float32), r"fractional values.*inference\(\) has 10 outputs"),
+    (10, (np.arange(203) % 12).astype(np.float32), r"whole values 0\.\.11.*class indices 0\.\.9"),
+])
+def test_labels_that_do_not_fit_the_outputs_fail_at_build(units: int, labels: np.ndarray, message: str) -> None:
+    with pytest.raises(TaskError, match=message):
+        EvalModel.build(DenseTask(units, (five_targets()[0], labels)), device="cpu")
+
+
+@pytest.mark.parametrize("dataset", [False, True])
+def test_float32_class_labels_are_class_indices(tmp_path: Path, model_dir: Path, dataset: bool) -> None:
+    """y.astype("float32") with the digits network's 10 logits: classes, said once in the log."""
+    from structlog.testing import capture_logs
+
+    validation = "x, y = digits_data.validation(); y = y.astype(np.float32); "
+    validation += "return tf.data.Dataset.from_tensor_slices((x, y)).batch(50)" if dataset else "return x, y"
+    with capture_logs() as logs:
+        model = EvalModel.build(load_task(digits_task_with(tmp_path, validation)), device="cpu", batch_size=97)
+    assert [e["event"] for e in logs if "class indices" in e["event"]] == [
+        "labels are floats with whole values: taken as class indices; set the task's problem = 'regression' if "
+        "they are targets"]
+    assert model.sets.problem == "classification"
+    for ckpt in checkpoints.read_state(str(model_dir)).checkpoints:
+        found = model.evaluate(ckpt).metrics
+        accuracy, loss = numpy_metrics(ckpt.path, "/ExponentialMovingAverage")
+        assert found.accuracy == pytest.approx(accuracy, abs=1e-6) and found.loss == pytest.approx(loss, rel=1e-5)
+
+
+def test_problem_regression_overrides_the_labels(tmp_path: Path) -> None:
+    """One-hot rows with problem = "regression": five targets, the MSE against them."""
+    x, _ = five_targets()
+    one_hot = np.eye(5, dtype=np.float32)[np.arange(len(x)) % 5]
+    path, kernel, bias = dense_checkpoint(tmp_path, 5)
+    model = EvalModel.build(DenseTask(5, (x, one_hot), "regression"), device="cpu")
+    values = model.evaluate(checkpoints.at(str(tmp_path), path)).metrics.values["validation"]  # type: ignore[arg-type]
+    error = x.astype(np.float64) @ kernel + bias - one_hot
+    assert values["loss"] == pytest.approx(np.mean(error ** 2), rel=1e-5) and "accuracy" not in values

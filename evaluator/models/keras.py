@@ -48,7 +48,7 @@ from evaluator.metrics import suite as metric_suite
 from evaluator.models import DEFAULT_BATCH_SIZE, Outcome, describe_metrics
 from evaluator.models.device import Placement, select_device
 from evaluator.restore import OBJECT_GRAPH_KEY, READ_ERRORS, read_error
-from evaluator.validate import Progress, check_outputs
+from evaluator.validate import Progress
 
 #: The attribute under which a trackable variable's value is saved.
 VALUE = "VARIABLE_VALUE"
@@ -190,7 +190,7 @@ class KerasModel:
             except Exception as err:
                 raise TaskError(f"calling the model on the validation features failed: {type(err).__name__}: "
                                 f"{first_line(err)}") from err
-            check_outputs(outputs.shape, outputs.dtype, sets.problem, "the model")
+            sets = data.settle(sets, outputs.shape, outputs.dtype, "the model")  # the problem, with the width
             classes = outputs.shape[1] if sets.problem == CLASSIFICATION else None
             problem = Problem(sets.problem, classes, bool(getattr(task, "from_logits", True)))
             suite = metric_suite(task, problem, metrics, streaming_kind="keras")
@@ -332,6 +332,7 @@ class KerasModel:
         """One batch: the forward pass, every reduced metric's statistics, the streaming updates."""
         self.traces += 1  # runs when traced only
         outputs = _forward(self.model, features, self._training_kwarg)
+        labels = self.suite.labels(labels)
         found = self.suite.statistics(labels, outputs)
         for streaming in self.suite.streaming.values():
             streaming.obj.update_state(labels, outputs)
