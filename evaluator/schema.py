@@ -1,5 +1,6 @@
 """The database schema: `evaluations`, one row per (model directory, evaluation name, checkpoint,
-fingerprint), `metrics`, each one's figures per validation set and metric, and `claims`, the checkpoints an evaluator is evaluating now (owner, expiry).
+fingerprint), `metrics`, each one's figures per validation set and metric, `series`, which metrics
+each evaluation has (what `report` reads instead of every metric), and `claims`, the checkpoints an evaluator is evaluating now (owner, expiry).
 
 Changes here need a migration in `migrations/versions/` (`alembic revision --autogenerate`);
 `tests/test_migrations.py` fails when the two disagree.
@@ -66,9 +67,13 @@ class EvaluationRow(Base):
     __tablename__ = "evaluations"
     __table_args__ = (
         UniqueConstraint("model_dir", "name", "checkpoint", "fingerprint"),
-        Index(None, "model_dir", "name", "step"),
-        # The best accuracy of an evaluation without reading all its rows (`report`).
+        # `report`'s questions, each answered by reading a few index entries whatever the history's size:
+        # the last N rows by step (id breaks ties), the newest row (its first validation set), the best
+        # accuracy or loss.
+        Index(None, "model_dir", "name", "step", "id"),
+        Index(None, "model_dir", "name", "id"),
         Index(None, "model_dir", "name", "status", "accuracy"),
+        Index(None, "model_dir", "name", "status", "loss"),
         CheckConstraint(f"status IN {STATUSES!r}", name="status"),
     )
 
@@ -101,8 +106,8 @@ class MetricRow(Base):
     __tablename__ = "metrics"
     __table_args__ = (
         UniqueConstraint("evaluation_id", "dataset", "name"),
-        # The best row by any metric without reading all the rows (`report --best-by`).
-        Index(None, "dataset", "name", "value"),
+        # One evaluation's best row by any metric without reading all its rows (`report --best-by`).
+        Index(None, "series_id", "value"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -113,6 +118,24 @@ class MetricRow(Base):
     value: Mapped[float] = mapped_column(Float)
     #: "max" or "min": which way is better; None for `examples`.
     goal: Mapped[str | None] = mapped_column(String(8))
+    #: The `series` row of (the evaluation's model_dir and name, dataset, name); set on every row
+    #: (since schema 0007).
+    series_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class SeriesRow(Base):
+    """One metric of one validation set that rows of one evaluation (model directory and name) have
+    in `metrics`: a few rows where `metrics` has one per row, kept by `Store.record_many` (which
+    adds what is new) and `Store.forget` (which drops what no row has any more)."""
+
+    __tablename__ = "series"
+    __table_args__ = (UniqueConstraint("model_dir", "name", "dataset", "metric"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_dir: Mapped[str] = mapped_column(String(4096))
+    name: Mapped[str] = mapped_column(String(255))
+    dataset: Mapped[str] = mapped_column(String(255))
+    metric: Mapped[str] = mapped_column(String(255))
 
 
 class ClaimRow(Base):

@@ -16,15 +16,17 @@ import importlib.resources
 import json
 import os
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, and_, create_engine, delete, event, insert, or_, select, update
+from sqlalchemy import (Engine, and_, create_engine, delete, event, exists, func, insert, or_, select, union_all,
+                        update)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from evaluator.errors import (
     DatabaseAway,
@@ -36,10 +38,12 @@ from evaluator.errors import (
 )
 from evaluator.evaluation import EXAMPLES, MAX, MIN, CheckpointKey, Evaluation, History, Status, Worker
 from evaluator.options import DB_ENV
-from evaluator.schema import ClaimRow, EvaluationRow, MetricRow, WorkerRow
+from evaluator.schema import ClaimRow, EvaluationRow, MetricRow, SeriesRow, WorkerRow
 
 #: The PostgreSQL advisory lock that serializes migrations (any number that is the evaluator's alone).
 MIGRATION_LOCK = 0x65_76_61_6C  # "eval"
+#: The class of the PostgreSQL advisory locks on one evaluation's `series` rows (`_lock_series`).
+SERIES_LOCK = 0x73_65_72_69  # "seri"
 #: How long a SQLite connection waits for another's lock before failing (seconds).
 SQLITE_BUSY_TIMEOUT = 15.0
 
@@ -314,40 +318,58 @@ class Store:
         return json.loads(text) if text else None
 
     def claim(self, key: CheckpointKey, owner: str, lease: float) -> Claim:
-        """Claim `key` for `owner` for `lease` seconds, taking over a claim that has expired.
+        """Claim `key` for `owner` for `lease` seconds, taking over a claim that has expired."""
+        return self.claim_many([key], owner, lease)[0]
 
-        One upsert: insert the claim, or overwrite it if it is `owner`'s own or has expired.
+    def claim_many(self, keys: list[CheckpointKey], owner: str, lease: float) -> list[Claim]:
+        """Claim each of `keys` for `owner` in one transaction (a backlog's batch: one commit and a
+        few statements, not one of each per checkpoint); what each claim got, in order.
+
+        One upsert: insert the claims, or overwrite those that are `owner`'s own or have expired.
         """
         now = _now()
-        values = {"model_dir": key.model_dir, "name": key.name, "checkpoint": key.checkpoint,
-                  "fingerprint": key.fingerprint, "owner": owner, "claimed_at": now,
-                  "expires_at": now + timedelta(seconds=lease)}
+        expires_at = now + timedelta(seconds=lease)
         upsert = _upsert(self.engine.dialect.name)
         with self._writing() as session:
-            if session.scalar(select(EvaluationRow.id).where(*_matches(EvaluationRow, key)).limit(1)):
-                return Claim.RECORDED
-            if upsert is None:  # a backend without INSERT ... ON CONFLICT: two statements
-                session.execute(delete(ClaimRow).where(*_matches(ClaimRow, key),
-                                                       or_(ClaimRow.expires_at < now, ClaimRow.owner == owner)))
-                if session.scalar(select(ClaimRow.id).where(*_matches(ClaimRow, key))) is not None:
-                    return Claim.HELD
-                session.execute(insert(ClaimRow).values(**values))
-                return Claim.CLAIMED
-            stmt = upsert(ClaimRow).values(**values).on_conflict_do_update(
-                index_elements=["model_dir", "name", "checkpoint", "fingerprint"],
-                set_={"owner": owner, "claimed_at": now, "expires_at": values["expires_at"]},
-                where=or_(ClaimRow.expires_at < now, ClaimRow.owner == owner),
-            )
-            # RETURNING says whether a row was written (an ORM insert's rowcount is not reliable everywhere).
-            won = session.execute(stmt.returning(ClaimRow.id)).first() is not None
-            if not won:
-                return Claim.HELD
-            # The upsert may have waited for another evaluator's transaction that recorded this very
-            # checkpoint and dropped its claim (PostgreSQL, read committed): look again, now.
-            if session.scalar(select(EvaluationRow.id).where(*_matches(EvaluationRow, key)).limit(1)):
-                session.execute(delete(ClaimRow).where(*_matches(ClaimRow, key), ClaimRow.owner == owner))
-                return Claim.RECORDED
-            return Claim.CLAIMED
+            if upsert is None:  # a backend without INSERT ... ON CONFLICT: one key at a time
+                return [self._claim_one(session, key, owner, now, expires_at) for key in keys]
+            recorded = _recorded_keys(session, keys)
+            wanted = [key for key in keys if key not in recorded]
+            won: set[CheckpointKey] = set()
+            if wanted:
+                # The excluded row is the one proposed: (owner, now, expiry). One statement, compiled
+                # once and cached, sent with every key's parameters (SQLAlchemy's insertmanyvalues).
+                stmt = upsert(ClaimRow)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["model_dir", "name", "checkpoint", "fingerprint"],
+                    set_={"owner": stmt.excluded.owner, "claimed_at": stmt.excluded.claimed_at,
+                          "expires_at": stmt.excluded.expires_at},
+                    where=or_(ClaimRow.expires_at < stmt.excluded.claimed_at, ClaimRow.owner == stmt.excluded.owner),
+                )
+                # RETURNING names the rows written: the claims won (an ORM rowcount is not reliable everywhere).
+                won = {CheckpointKey(*row) for row in session.execute(
+                    stmt.returning(ClaimRow.model_dir, ClaimRow.name, ClaimRow.checkpoint, ClaimRow.fingerprint),
+                    [_claim_values(key, owner, now, expires_at) for key in wanted])}
+                # The upsert may have waited for another evaluator's transaction that recorded some of
+                # these very checkpoints and dropped its claims (PostgreSQL, read committed): look again.
+                late = _recorded_keys(session, [key for key in wanted if key in won])
+                for key in late:
+                    session.execute(delete(ClaimRow).where(*_matches(ClaimRow, key), ClaimRow.owner == owner))
+                recorded |= late
+            return [Claim.RECORDED if key in recorded else Claim.CLAIMED if key in won else Claim.HELD
+                    for key in keys]
+
+    @staticmethod
+    def _claim_one(session: Session, key: CheckpointKey, owner: str, now: datetime, expires_at: datetime) -> Claim:
+        """One claim without INSERT ... ON CONFLICT: delete an expired (or our own) claim, then insert."""
+        if session.scalar(select(EvaluationRow.id).where(*_matches(EvaluationRow, key)).limit(1)):
+            return Claim.RECORDED
+        session.execute(delete(ClaimRow).where(*_matches(ClaimRow, key),
+                                               or_(ClaimRow.expires_at < now, ClaimRow.owner == owner)))
+        if session.scalar(select(ClaimRow.id).where(*_matches(ClaimRow, key))) is not None:
+            return Claim.HELD
+        session.execute(insert(ClaimRow).values(**_claim_values(key, owner, now, expires_at)))
+        return Claim.CLAIMED
 
     def holder(self, key: CheckpointKey) -> str | None:
         """Who holds the claim on `key`, if anyone."""
@@ -424,23 +446,33 @@ class Store:
 
     def record_many(self, evaluations: Iterable[Evaluation], owner: str | None = None) -> int:
         """Write rows in one transaction, skipping those that exist; returns how many were new."""
+        return len(self.record_new(evaluations, owner))
+
+    def record_new(self, evaluations: Iterable[Evaluation], owner: str | None = None) -> list[Evaluation]:
+        """Write rows in one transaction, skipping those that exist (another evaluator's); returns
+        the ones written, which are all the log may call evaluated. A few statements for the whole
+        batch (a backlog's catch-up writes dozens at once), not a few per row."""
         evaluations = list(evaluations)
-        inserted = 0
         with self._writing() as session:
+            if owner is not None:
+                _drop_claims(session, owner, [evaluation.key for evaluation in evaluations])
+            recorded = _recorded_keys(session, [evaluation.key for evaluation in evaluations])
+            new: list[Evaluation] = []
             for evaluation in evaluations:
-                if owner is not None:
-                    session.execute(delete(ClaimRow).where(ClaimRow.owner == owner,
-                                                           *_matches(ClaimRow, evaluation.key)))
-                exists = session.scalar(select(EvaluationRow.id)
-                                        .where(*_matches(EvaluationRow, evaluation.key)).limit(1))
-                if exists is None:
-                    row_id = session.execute(insert(EvaluationRow).values(**_row_fields(evaluation))
-                                             .returning(EvaluationRow.id)).scalar_one()
-                    if evaluation.metrics:
-                        session.execute(insert(MetricRow), _metric_rows(row_id, evaluation))
-                    inserted += 1
+                if evaluation.key not in recorded:
+                    recorded.add(evaluation.key)  # the same key twice in one batch: one row
+                    new.append(evaluation)
+            if new:
+                ids = session.execute(insert(EvaluationRow).returning(EvaluationRow.id, sort_by_parameter_order=True),
+                                      [_row_fields(evaluation) for evaluation in new]).scalars().all()
+                metrics = [(row_id, evaluation) for row_id, evaluation in zip(ids, new) if evaluation.metrics]
+                if metrics:
+                    series = _series_ids(session, [evaluation for _, evaluation in metrics])
+                    session.execute(insert(MetricRow), [
+                        {**row, "series_id": series[evaluation.model_dir, evaluation.name, row["dataset"], row["name"]]}
+                        for row_id, evaluation in metrics for row in _metric_rows(row_id, evaluation)])
         self.check_identity()  # a file replaced during the write: that row went nowhere
-        return inserted
+        return new
 
     def forget(self, model_dir: str, name: str, statuses: list[str], checkpoint: str | None = None) -> list[Evaluation]:
         """Delete the rows `evaluator retry` names, so they are evaluated again; returns them."""
@@ -450,12 +482,16 @@ class Store:
         if checkpoint is not None:
             conditions.append(EvaluationRow.checkpoint == checkpoint)
         with self._writing() as session:
+            _lock_series(session, model_dir, name)
             found = list(session.scalars(select(EvaluationRow).where(*conditions)
                                          .order_by(EvaluationRow.step, EvaluationRow.id)))
             ids = [row.id for row in found]
             for start in range(0, len(ids), _METRICS_CHUNK):
                 session.execute(delete(MetricRow).where(MetricRow.evaluation_id.in_(ids[start:start + _METRICS_CHUNK])))
             session.execute(delete(EvaluationRow).where(*conditions))
+            # the metrics no row of the evaluation has any more
+            session.execute(delete(SeriesRow).where(SeriesRow.model_dir == model_dir, SeriesRow.name == name,
+                                                    ~exists().where(MetricRow.series_id == SeriesRow.id)))
         return [_evaluation(row) for row in found]
 
     @contextmanager
@@ -500,8 +536,15 @@ class Store:
         try:
             for directory, name in groups:
                 where = (EvaluationRow.model_dir == directory, EvaluationRow.name == name)
-                recent = (select(EvaluationRow.id).where(*where)
-                          .order_by(EvaluationRow.step.desc().nulls_last(), EvaluationRow.id.desc())
+                # The highest steps, then rows without a step: each part read backwards along the
+                # index (model_dir, name, step, id), which no one ORDER BY with NULLS LAST matches on
+                # every backend.
+                stepped = (select(EvaluationRow.id, EvaluationRow.step).where(*where, EvaluationRow.step.is_not(None))
+                           .order_by(EvaluationRow.step.desc(), EvaluationRow.id.desc()).limit(last).subquery())
+                unstepped = (select(EvaluationRow.id, EvaluationRow.step).where(*where, EvaluationRow.step.is_(None))
+                             .order_by(EvaluationRow.id.desc()).limit(last).subquery())
+                both = union_all(select(stepped), select(unstepped)).subquery()
+                recent = (select(both.c.id).order_by(both.c.step.desc().nulls_last(), both.c.id.desc())
                           .limit(last).scalar_subquery())
                 stmt = (select(EvaluationRow).where(EvaluationRow.id.in_(recent))
                         .order_by(EvaluationRow.step.asc().nulls_first(), EvaluationRow.id.asc())
@@ -537,19 +580,30 @@ class Store:
         where = (EvaluationRow.model_dir == model_dir, EvaluationRow.name == name,
                  EvaluationRow.status == Status.OK.value)
         if dataset is None and best_by in (None, "accuracy", "loss"):  # the default set's columns, indexed
-            column = EvaluationRow.accuracy
-            if best_by == "loss" or (best_by is None and session.scalar(
-                    select(EvaluationRow.id).where(*where, column.is_not(None)).limit(1)) is None):
-                column = EvaluationRow.loss
-            order = column.asc() if column is EvaluationRow.loss else column.desc()
-            stmt = select(EvaluationRow).where(*where, column.is_not(None)).order_by(order, EvaluationRow.step.asc())
+            # By accuracy; by loss when asked, or when no row has an accuracy (a regression).
+            columns = {None: (EvaluationRow.accuracy, EvaluationRow.loss), "accuracy": (EvaluationRow.accuracy,),
+                       "loss": (EvaluationRow.loss,)}[best_by]
+            for column in columns:
+                order = column.asc() if column is EvaluationRow.loss else column.desc()
+                top = session.scalars(select(EvaluationRow).where(*where, column.is_not(None))
+                                      .order_by(order, EvaluationRow.step.asc()).limit(1)).first()
+                if top is not None:
+                    break
         else:
             dataset = dataset or self._default_set(session, model_dir, name)
-            joined = (MetricRow.evaluation_id == EvaluationRow.id, MetricRow.dataset == dataset)
+            # The metric's rows of this evaluation on that set are one series: index (series_id, value).
+            series: dict[str, int | None] = {}
 
             def goal_of(metric: str) -> str | None:
-                return session.scalar(select(MetricRow.goal).join(EvaluationRow, joined[0])
-                                      .where(*where, joined[1], MetricRow.name == metric).limit(1))
+                series[metric] = session.scalar(select(SeriesRow.id).where(
+                    SeriesRow.model_dir == model_dir, SeriesRow.name == name, SeriesRow.dataset == dataset,
+                    SeriesRow.metric == metric))
+                if series[metric] is None:
+                    return None
+                # (ordered, so that PostgreSQL too reads it from the index, not by scanning `metrics`)
+                return session.scalar(select(MetricRow.goal).join(EvaluationRow, MetricRow.evaluation_id == EvaluationRow.id)
+                                      .where(*where, MetricRow.series_id == series[metric])
+                                      .order_by(MetricRow.value).limit(1))
 
             goal = goal_of(best_by) if best_by else None
             if best_by is None:  # accuracy, else (a regression) loss, on that set
@@ -557,21 +611,21 @@ class Store:
                                      ("accuracy", None))
             if goal is None:
                 return None
-            metric = (*joined, MetricRow.name == best_by)
+            metric = (MetricRow.evaluation_id == EvaluationRow.id, MetricRow.series_id == series[best_by])
             order = MetricRow.value.asc() if goal == MIN else MetricRow.value.desc()
-            stmt = select(EvaluationRow).join(MetricRow, and_(*metric)).where(*where).order_by(order, EvaluationRow.step.asc())
-        top = session.scalars(stmt.limit(1)).first()
+            top = session.scalars(select(EvaluationRow).join(MetricRow, and_(*metric)).where(*where)
+                                  .order_by(order, EvaluationRow.step.asc()).limit(1)).first()
         return None if top is None else next(self._with_metrics(session, [top]))
 
     def known_metrics(self, model_dir: str | None = None, root: str | None = None) -> dict[str, set[str]]:
         """Validation set -> the metric names recorded for it (`report` checks what it is asked for)."""
-        with self._reading() as session:
-            stmt = (select(MetricRow.dataset, MetricRow.name).distinct()
-                    .join(EvaluationRow, MetricRow.evaluation_id == EvaluationRow.id))
+        with self._reading() as session:  # `series`: a few rows, not every metric
+            stmt = (select(SeriesRow.dataset, SeriesRow.metric).distinct()
+                    .where(exists().where(MetricRow.series_id == SeriesRow.id)))
             if model_dir is not None:
-                stmt = stmt.where(EvaluationRow.model_dir == model_dir)
+                stmt = stmt.where(SeriesRow.model_dir == model_dir)
             if root is not None:
-                stmt = stmt.where(_below(root))
+                stmt = stmt.where(_below(root, SeriesRow.model_dir))
             found: dict[str, set[str]] = {}
             for dataset, name in session.execute(stmt):
                 found.setdefault(dataset, set()).add(name)
@@ -579,20 +633,38 @@ class Store:
 
     @staticmethod
     def _default_set(session: Session, model_dir: str, name: str) -> str | None:
-        """The first validation set of the evaluation's newest row with metrics."""
-        return session.scalar(
-            select(MetricRow.dataset).join(EvaluationRow, MetricRow.evaluation_id == EvaluationRow.id)
-            .where(EvaluationRow.model_dir == model_dir, EvaluationRow.name == name)
-            .order_by(EvaluationRow.id.desc(), MetricRow.id.asc()).limit(1))
+        """The first validation set of the evaluation's newest row with metrics (rows read newest
+        first along the index (model_dir, name, id) until one has metrics)."""
+        newest = (select(EvaluationRow.id)
+                  .where(EvaluationRow.model_dir == model_dir, EvaluationRow.name == name,
+                         exists().where(MetricRow.evaluation_id == EvaluationRow.id))
+                  .order_by(EvaluationRow.id.desc()).limit(1).scalar_subquery())
+        return session.scalar(select(MetricRow.dataset).where(MetricRow.evaluation_id == newest)
+                              .order_by(MetricRow.id.asc()).limit(1))
 
     @staticmethod
     def _groups(session: Session, model_dir: str | None, root: str | None = None) -> list[tuple[str, str]]:
-        stmt = select(EvaluationRow.model_dir, EvaluationRow.name).distinct()
-        if model_dir is not None:
-            stmt = stmt.where(EvaluationRow.model_dir == model_dir)
+        """Each (model directory, name) that has rows, in order: a skip scan of the index on
+        (model_dir, name, ...), a recursive query that jumps from one evaluation's first row to the
+        next evaluation's (the next name in the directory, else the next directory's first), an index
+        seek or two per evaluation instead of a read of every row."""
+        row = aliased(EvaluationRow)
+        # (>= '': every directory; it makes the first row an index seek, not the start of a scan)
+        first = (select(row.model_dir, row.name).where(row.model_dir >= "", *(
+                     (row.model_dir == model_dir,) if model_dir is not None else ()))
+                 .order_by(row.model_dir, row.name).limit(1).subquery())
+        walk = select(first.c.model_dir, first.c.name).cte("walk", recursive=True)
+        next_name = (select(row.id).where(row.model_dir == walk.c.model_dir, row.name > walk.c.name)
+                     .order_by(row.name).limit(1).scalar_subquery())
+        next_dir = (select(row.id).where(row.model_dir > walk.c.model_dir)
+                    .order_by(row.model_dir, row.name).limit(1).scalar_subquery())
+        following = next_name if model_dir is not None else func.coalesce(next_name, next_dir)
+        walk = walk.union_all(select(EvaluationRow.model_dir, EvaluationRow.name)
+                              .join_from(walk, EvaluationRow, EvaluationRow.id == following))
+        stmt = select(walk.c.model_dir, walk.c.name)
         if root is not None:
-            stmt = stmt.where(_below(root))
-        return [(d, n) for d, n in session.execute(stmt.order_by(EvaluationRow.model_dir, EvaluationRow.name))]
+            stmt = stmt.where(_below(root, walk.c.model_dir))
+        return [(d, n) for d, n in session.execute(stmt.order_by(walk.c.model_dir, walk.c.name))]
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:
@@ -710,6 +782,90 @@ def _metric_rows(evaluation_id: int, evaluation: Evaluation) -> list[dict[str, A
             for dataset, values in (evaluation.metrics or {}).items() for name, value in values.items()]
 
 
+def _series_ids(session: Session, evaluations: list[Evaluation]) -> dict[tuple[str, str, str, str], int]:
+    """The `series` row of each (model directory, name, set, metric) of `evaluations`, added where new,
+    under each evaluation's `_lock_series` lock (held until the transaction ends)."""
+    keys = sorted({(evaluation.model_dir, evaluation.name, dataset, metric) for evaluation in evaluations
+                   for dataset, values in (evaluation.metrics or {}).items() for metric in values})
+    rows = [{"model_dir": model_dir, "name": name, "dataset": dataset, "metric": metric}
+            for model_dir, name, dataset, metric in keys]
+    for model_dir, name in sorted({(model_dir, name) for model_dir, name, _, _ in keys}):  # in one order: no deadlock
+        _lock_series(session, model_dir, name)
+    upsert = _upsert(session.get_bind().dialect.name)
+    if upsert is None:  # a backend without INSERT ... ON CONFLICT: read, then add what is missing
+        found: dict[tuple[str, str, str, str], int] = {}
+        for row in rows:
+            where = [getattr(SeriesRow, column) == value for column, value in row.items()]
+            found[row["model_dir"], row["name"], row["dataset"], row["metric"]] = (
+                session.scalar(select(SeriesRow.id).where(*where).with_for_update())
+                or session.execute(insert(SeriesRow).values(**row).returning(SeriesRow.id)).scalar_one())
+        return found
+    stmt = upsert(SeriesRow).values(rows)
+    stmt = stmt.on_conflict_do_update(index_elements=["model_dir", "name", "dataset", "metric"],
+                                      set_={"metric": stmt.excluded.metric})
+    return {(model_dir, name, dataset, metric): series_id for series_id, model_dir, name, dataset, metric
+            in session.execute(stmt.returning(SeriesRow.id, SeriesRow.model_dir, SeriesRow.name, SeriesRow.dataset,
+                                              SeriesRow.metric))}
+
+
+def _drop_claims(session: Session, owner: str, keys: list[CheckpointKey]) -> None:
+    """Delete `owner`'s claims on `keys`' checkpoints (their rows are being written)."""
+    groups: dict[tuple[str, str], set[str]] = {}
+    for key in keys:
+        groups.setdefault((key.model_dir, key.name), set()).add(key.checkpoint)
+    for (model_dir, name), names in groups.items():
+        ordered = sorted(names)
+        for start in range(0, len(ordered), _METRICS_CHUNK):
+            session.execute(delete(ClaimRow).where(ClaimRow.owner == owner, ClaimRow.model_dir == model_dir,
+                                                   ClaimRow.name == name,
+                                                   ClaimRow.checkpoint.in_(ordered[start:start + _METRICS_CHUNK])))
+
+
+def _lock_series(session: Session, model_dir: str, name: str) -> None:
+    """Take the lock on one evaluation's `series` rows until the transaction ends (PostgreSQL; SQLite's
+    writers take turns anyway). Writers add series and the metric rows that point at them under it,
+    `forget` drops the series no metric row points at any more under it: neither sees the other's
+    work half done, so no metric row is left without its series, nor a series without metrics."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = zlib.crc32(f"{model_dir}\0{name}".encode()) - 2**31  # a signed 32-bit key (collisions only wait)
+        session.execute(select(func.pg_advisory_xact_lock(SERIES_LOCK, key)))
+
+
+def _claim_values(key: CheckpointKey, owner: str, now: datetime, expires_at: datetime) -> dict[str, Any]:
+    return {"model_dir": key.model_dir, "name": key.name, "checkpoint": key.checkpoint,
+            "fingerprint": key.fingerprint, "owner": owner, "claimed_at": now, "expires_at": expires_at}
+
+
+def _recorded_keys(session: Session, keys: Iterable[CheckpointKey]) -> set[CheckpointKey]:
+    """Which of `keys` have a row, by the rule of `_matches`, with one query per (model directory,
+    name) rather than one per key."""
+    groups: dict[tuple[str, str], list[CheckpointKey]] = {}
+    for key in keys:
+        groups.setdefault((key.model_dir, key.name), []).append(key)
+    found: set[CheckpointKey] = set()
+    for (model_dir, name), group in groups.items():
+        rows: dict[str, list[tuple[str, str]]] = {}
+        for start in range(0, len(group), _METRICS_CHUNK):
+            names = sorted({key.checkpoint for key in group[start:start + _METRICS_CHUNK]})
+            for checkpoint, fingerprint, status in session.execute(
+                    select(EvaluationRow.checkpoint, EvaluationRow.fingerprint, EvaluationRow.status)
+                    .where(EvaluationRow.model_dir == model_dir, EvaluationRow.name == name,
+                           EvaluationRow.checkpoint.in_(names))):
+                rows.setdefault(checkpoint, []).append((fingerprint, status))
+        for key in group:
+            if any(_stands_for(key, fingerprint, status) for fingerprint, status in rows.get(key.checkpoint, ())):
+                found.add(key)
+    return found
+
+
+def _stands_for(key: CheckpointKey, fingerprint: str, status: str) -> bool:
+    """Whether a row of `key`'s checkpoint name, with `fingerprint` and `status`, is `key`'s row (the
+    rule `_matches` writes as SQL)."""
+    if key.fingerprint == "":  # a `missing` row: any row of that name already says more
+        return True
+    return fingerprint == key.fingerprint or (fingerprint == "" and status != Status.MISSING.value)
+
+
 def _matches(table: Any, key: CheckpointKey) -> tuple[Any, ...]:
     """The WHERE clause for `key`. A row with an unknown fingerprint ("") written before fingerprints
     existed stands for whatever the name holds."""
@@ -723,10 +879,10 @@ def _matches(table: Any, key: CheckpointKey) -> tuple[Any, ...]:
     return (*same, or_(table.fingerprint == key.fingerprint, legacy))
 
 
-def _below(root: str) -> Any:
+def _below(root: str, column: Any = EvaluationRow.model_dir) -> Any:
     """The rows of `root` and of every model directory under it (not a sibling that merely starts alike)."""
     root = root.rstrip("/")
-    return or_(EvaluationRow.model_dir == root, EvaluationRow.model_dir.startswith(root + "/", autoescape=True))
+    return or_(column == root, column.startswith(root + "/", autoescape=True))
 
 
 def _connect_args(url: URL) -> dict[str, Any]:

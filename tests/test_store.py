@@ -62,9 +62,9 @@ def claims_of(store: Store) -> list[tuple[str, str]]:
 
 
 def test_upgrade_creates_the_schema_and_is_idempotent(store: Store) -> None:
-    assert store.revision() == Store.head_revision() == "0006"
+    assert store.revision() == Store.head_revision() == "0007"
     store.upgrade()
-    assert store.revision() == "0006"
+    assert store.revision() == "0007"
 
 
 def test_sqlite_runs_in_wal_mode(sqlite_store: Store, db: Path) -> None:
@@ -368,3 +368,35 @@ def test_history_below_a_root(store: Store) -> None:
         store.record(evaluation("m-1", 1, 0.5, model_dir=model_dir))
     assert sorted({r.model_dir for r in store.history(root="/sweep").rows}) == ["/sweep/a", "/sweep/b/model"]
     assert {r.model_dir for r in store.history(root="/sweep_").rows} == set()
+
+
+def test_a_batch_of_claims_is_one_transaction_with_each_keys_own_answer(store: Store) -> None:
+    """claim_many answers per key as claim does: recorded, held by a live owner, ours (new, our own
+    again, or an expired one taken over)."""
+    keys = [CheckpointKey("/m", "default", f"model.ckpt-{i}", f"f{i}") for i in range(6)]
+    now = datetime.now(timezone.utc)
+    store.record(Evaluation("/m", "model.ckpt-0", 0, Status.OK, now, fingerprint="f0", accuracy=0.5, loss=1.0))
+    assert store.claim(keys[1], "other", lease=60) is Claim.CLAIMED  # alive
+    assert store.claim(keys[2], "other", lease=0.01) is Claim.CLAIMED  # about to expire
+    assert store.claim(keys[3], "me", lease=60) is Claim.CLAIMED  # ours already
+    time.sleep(0.05)
+    got = store.claim_many(keys, "me", lease=60)
+    assert got == [Claim.RECORDED, Claim.HELD, Claim.CLAIMED, Claim.CLAIMED, Claim.CLAIMED, Claim.CLAIMED]
+    assert [store.holder(k) for k in keys[1:]] == ["other", "me", "me", "me", "me"]
+    # A `missing` row (no fingerprint) stands for any claim of that name; a legacy row too.
+    assert store.claim_many([CheckpointKey("/m", "default", "model.ckpt-0", "other-bytes")], "me", 60) == [Claim.CLAIMED]
+
+
+def test_a_batch_of_rows_drops_its_claims_and_skips_what_exists(store: Store, db: Path) -> None:
+    now = datetime.now(timezone.utc)
+    rows = [Evaluation("/m", f"model.ckpt-{i}", i, Status.OK, now, fingerprint=f"f{i}", accuracy=i / 10, loss=1.0,
+                       examples=10, metrics={"validation": {"accuracy": i / 10, "loss": 1.0, "examples": 10}},
+                       goals={"accuracy": "max", "loss": "min"}) for i in range(5)]
+    assert store.claim_many([r.key for r in rows], "me", lease=60) == [Claim.CLAIMED] * 5
+    store.record(rows[2])  # another evaluator's row came first
+    written = store.record_new(rows, owner="me")
+    assert [r.checkpoint for r in written] == ["model.ckpt-0", "model.ckpt-1", "model.ckpt-3", "model.ckpt-4"]
+    assert all(store.holder(r.key) is None for r in rows)
+    history = store.history("/m", last=10)
+    assert [(r.checkpoint, r.value("accuracy")) for r in history.rows] == [(f"model.ckpt-{i}", i / 10) for i in range(5)]
+    assert history.best[("/m", "default")].checkpoint == "model.ckpt-4"
