@@ -12,8 +12,8 @@ state file lists but that never appeared within the grace period while a newer c
 
 from __future__ import annotations
 
+import heapq
 import itertools
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 
 from evaluator import checkpoints
 from evaluator.checkpoints import Checkpoint, State
+from evaluator.sources import Source
+from evaluator.sources.local import LocalDirectory
 
 #: A listed checkpoint never seen on disk is `missing` after this many seconds, if a newer one is there.
 DEFAULT_GRACE = 60.0
@@ -61,8 +63,11 @@ class Pending:
 class Backlog:
     """The pending checkpoints of one model directory under one evaluation name."""
 
-    def __init__(self, model_dir: str, *, grace: float = DEFAULT_GRACE) -> None:
-        self.model_dir = model_dir
+    def __init__(self, source: Source | str, *, grace: float = DEFAULT_GRACE) -> None:
+        if isinstance(source, str):  # a model directory's path: its local directory
+            source = LocalDirectory(source, weight_files=False)
+        self.source = source
+        self.model_dir = source.location
         self.grace = grace
         self._lock = threading.Lock()
         self._pending: dict[str, Pending] = {}
@@ -104,7 +109,7 @@ class Backlog:
             return False
         if "" in fingerprints:
             return True
-        found = checkpoints.fingerprint(ckpt.path)
+        found = self.source.fingerprint(ckpt)
         return found is None or found in fingerprints  # gone: its row says what became of it
 
     # -- what was seen ------------------------------------------------------------------------
@@ -122,7 +127,7 @@ class Backlog:
                 if pending is not None:
                     pending.listed = True
                 elif not self._is_recorded(ckpt):
-                    self._add(ckpt, listed=True, on_disk=checkpoints.exists(ckpt.path))
+                    self._add(ckpt, listed=True, on_disk=self.source.complete(ckpt))
                     new.append(ckpt)
             ignored = [path for path in state.ignored if path not in self._ignored]
             self._ignored.update(ignored)
@@ -140,7 +145,7 @@ class Backlog:
                     continue
                 # Seen on disk: complete now, or already deleted again (max_to_keep). An index
                 # whose data has not arrived yet (an odd copy order) is not there yet.
-                complete = checkpoints.exists(ckpt.path) or not os.path.exists(checkpoints.marker(ckpt.path))
+                complete = self.source.complete(ckpt) or not self.source.started(ckpt)
                 pending = self._pending.get(ckpt.name)
                 if pending is not None:
                     if complete:
@@ -186,15 +191,21 @@ class Backlog:
             return sorted((p for p in self._pending.values() if p.not_before <= now), key=lambda p: p.sort_key)
 
     def first_due(self, skip: set[str], newest: bool = False) -> Pending | None:
-        """The oldest-step (or `newest`) pending checkpoint that may be tried now, not named in `skip`.
-        Asked afresh before each evaluation: checkpoints found meanwhile take their place in step order."""
+        """The oldest-step (or `newest`) pending checkpoint that may be tried now, not named in `skip`."""
+        batch = self.next_batch(skip, newest, 1)
+        return batch[0] if batch else None
+
+    def next_batch(self, skip: set[str], newest: bool = False, count: int = 1) -> list[Pending]:
+        """Up to `count` pending checkpoints that may be tried now, not named in `skip`, oldest step
+        first (or `newest` first). Asked afresh before each batch: checkpoints found meanwhile take
+        their place in step order."""
         now = time.monotonic()
         with self._lock:
             due = [p for p in self._pending.values() if p.not_before <= now and p.checkpoint.name not in skip]
-            if newest:
-                return max(due, key=lambda p: (p.checkpoint.name_step is not None, p.checkpoint.name_step or 0,
-                                               p.order), default=None)
-            return min(due, key=lambda p: p.sort_key, default=None)
+        if newest:
+            return heapq.nlargest(count, due, key=lambda p: (p.checkpoint.name_step is not None,
+                                                             p.checkpoint.name_step or 0, p.order))
+        return heapq.nsmallest(count, due, key=lambda p: p.sort_key)
 
     def next_due_in(self) -> float | None:
         """Seconds until a deferred checkpoint may be tried again (None: nothing deferred)."""

@@ -137,12 +137,23 @@ def fingerprint(path: str) -> str | None:
     return digest
 
 
+def files(path: str) -> list[str]:
+    """The files of the checkpoint at `path` (sorted). The usual unsharded checkpoint is looked for
+    by name; only a sharded one lists the directory, which costs milliseconds per checkpoint behind
+    a backlog of thousands."""
+    if is_weight_file(path):
+        return [path]
+    usual = [path + suffix for suffix in (".data-00000-of-00001", INDEX_SUFFIX, ".meta")]
+    if os.path.isfile(usual[0]):
+        return [name for name in usual if os.path.isfile(name)]
+    return sorted(glob.glob(glob.escape(path) + ".*"))
+
+
 def snapshot(path: str) -> tuple[tuple[str, int, int], ...]:
     """(file, size, mtime) of every file of the checkpoint at `path`: what changes while it is still
     being written."""
     found = []
-    names = [path] if is_weight_file(path) else sorted(glob.glob(glob.escape(path) + ".*"))
-    for name in names:
+    for name in files(path):
         try:
             stat = os.stat(name)
         except OSError:
@@ -154,9 +165,8 @@ def snapshot(path: str) -> tuple[tuple[str, int, int], ...]:
 def hold(path: str) -> dict[str, Any]:
     """The checkpoint's files, opened (read-only): a kept copy can still be made from them after
     training deletes the files. Name -> open file; the caller closes them."""
-    names = [path] if is_weight_file(path) else sorted(glob.glob(glob.escape(path) + ".*"))
     held = {}
-    for name in names:
+    for name in files(path):
         if name.endswith(".tempstate") or ".tmp" in os.path.basename(name):
             continue
         try:
@@ -255,6 +265,8 @@ def _resolve(model_dir: str, listed: list[str]) -> State:
 
 def _relative_name(root: str, raw: str) -> str | None:
     """`raw` relative to `root`, or None when it points outside it or is not a prefix."""
+    if os.sep not in raw and raw not in ("", ".", "..") and not os.path.islink(os.path.join(root, raw)):
+        return raw if _is_text(raw) else None  # a plain name in the directory (thousands at a scan)
     try:
         resolved = os.path.realpath(os.path.join(root, raw))
         inside = os.path.commonpath([root, resolved]) == root

@@ -35,10 +35,14 @@ class Ending:
         """Something new: a model directory appeared, a checkpoint was detected or evaluated."""
         self.last_activity = time.monotonic()
 
+    def reaches(self, evaluation: Evaluation) -> bool:
+        """Whether recording `evaluation` ends the run at --until-step (a batch stops there too)."""
+        return (self.until_step is not None and evaluation.status is not Status.MISSING
+                and evaluation.step is not None and evaluation.step >= self.until_step)
+
     def recorded(self, evaluation: Evaluation) -> None:
         self.activity()
-        if (self.until_step is not None and evaluation.status is not Status.MISSING and evaluation.step is not None
-                and evaluation.step >= self.until_step):
+        if self.reaches(evaluation):
             self.reason = f"evaluated step {evaluation.step}, at or past --until-step {self.until_step}"
             self.reached_step = True
 

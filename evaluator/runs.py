@@ -2,46 +2,40 @@
 what it last saw; `--root` discovers them below a directory as training jobs create them, and
 forgets those that disappear.
 
-A Run reads its directory (the state file, the files on disk) and the database's rows for it; it
-never evaluates: the service takes pending checkpoints from every run in turn.
+A Run reads its source (sources/: the state file, the files there) and the database's rows for it;
+it never evaluates: the service takes pending checkpoints from every run in turn.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from evaluator import checkpoints, log
+from evaluator import log
 from evaluator.actions import Action
 from evaluator.backlog import Backlog
 from evaluator.checkpoints import Checkpoint
 from evaluator.errors import DatabaseError, StateFileError, StoreWriteError
 from evaluator.evaluation import Evaluation
+from evaluator.sources import Source
 from evaluator.store import Store
-from evaluator.watcher import Watcher
 
 #: Up to this many new checkpoints are logged one line each; more make one summary line.
 DETAIL_LINES = 10
-#: Directories --root never descends into: what the evaluator itself writes into a model directory.
-OWN_OUTPUTS = ("eval", "export")
 
 
 class Run:
     """One model directory: what is pending in it, and how it is watched."""
 
-    def __init__(self, model_dir: str, *, grace: float, name: str, weight_files: bool,
-                 on_new: Callable[[], None]) -> None:
-        self.model_dir = model_dir
+    def __init__(self, source: Source, *, grace: float, name: str, on_new: Callable[[], None]) -> None:
+        self.source = source
+        self.model_dir = source.location
         self.name = name
-        #: Whether Keras weight files are checkpoints here (the model's kind decides).
-        self.weight_files = weight_files
-        self.log = log.get(model_dir=model_dir)
-        self.backlog = Backlog(model_dir, grace=grace)
-        self.watcher: Watcher | None = None
+        self.log = log.get(model_dir=self.model_dir)
+        self.backlog = Backlog(source, grace=grace)
         self.actions: list[Action] = []
         self.last: Evaluation | None = None
         self.state_problem: str | None = None
@@ -50,39 +44,38 @@ class Run:
         #: When the rows were last read from the database (at start, then by each re-scan).
         self.rows_loaded_at = -math.inf
         self.said_waiting = False
+        #: Whether the source is watched for changes (not with --once).
+        self.watching = False
         #: Called when something new was detected (the end of training's idle clock).
         self._on_new = on_new
         self._lock = threading.Lock()
 
     # -- watching ----------------------------------------------------------------------------
 
-    def watch(self, wake: Callable[[], None], busy: threading.Event, *, poll: bool, poll_interval: float) -> None:
-        """Start the watcher: a change wakes the loop (and is read at once while it is busy)."""
+    def watch(self, wake: Callable[[], None], busy: threading.Event) -> None:
+        """Start watching the source: a change wakes the loop (and is read at once while it is busy)."""
 
         def changed() -> None:
             if busy.is_set():  # rotations during an evaluation would hide checkpoints: note them now
                 self.observe()
             wake()
 
-        def written(prefix: str) -> None:
-            ckpt = checkpoints.at(self.model_dir, prefix)
-            if ckpt is not None:
-                self.detected(self.backlog.found_on_disk([ckpt]), "index written")
-                wake()
+        def written(ckpt: Checkpoint) -> None:
+            self.detected(self.backlog.found_on_disk([ckpt]), "index written")
+            wake()
 
-        self.watcher = Watcher(self.model_dir, changed, on_written=written, weight_files=self.weight_files,
-                               poll=poll, poll_interval=poll_interval)
-        self.watcher.start()
+        self.source.watch(changed, written)
+        self.watching = True
 
     def ensure_watch(self, notifier: Any) -> tuple[bool, bool]:
         """Whether the directory is there (and watched), and whether it just appeared; logs when
         that changes."""
-        present = self.watcher.ensure() if self.watcher else os.path.isdir(self.model_dir)
+        present = self.source.ensure()
         appeared = present and present != self.present
         if present != self.present:
             if present:
-                if self.watcher:
-                    self.log.info("watching", observer=self.watcher.kind)
+                if self.watching:
+                    self.log.info("watching", observer=self.source.kind)
                 else:
                     self.log.info("model directory found")
             else:
@@ -92,16 +85,14 @@ class Run:
         return present, appeared
 
     def stop(self) -> None:
-        if self.watcher is not None:
-            self.watcher.stop()
-            self.watcher = None
+        self.source.stop()
 
     # -- what is pending -----------------------------------------------------------------------
 
     def observe(self) -> None:
         """Read the state file and add the listed checkpoints without a row to the backlog."""
         try:
-            state = checkpoints.read_state(self.model_dir)
+            state = self.source.listed()
         except StateFileError as err:
             self.state_file_problem(str(err))
             return
@@ -129,7 +120,7 @@ class Run:
         self.scan_disk()
 
     def scan_disk(self) -> None:
-        found = checkpoints.scan(self.model_dir, self.backlog.families, weight_files=self.weight_files)
+        found = self.source.found(self.backlog.families)
         self.detected(self.backlog.found_on_disk(found), "directory scan")
 
     def detected(self, new: list[Checkpoint], source: str) -> None:
@@ -154,42 +145,7 @@ class Run:
         """Once, after the first pass over a directory holding no checkpoint at all: say what would be one."""
         if self.said_waiting or len(self.backlog) or self.backlog.recorded_count() or self.state_problem:
             return
-        if os.path.exists(os.path.join(self.model_dir, checkpoints.STATE_FILE)):
+        if self.source.has_state_file():
             return
         self.said_waiting = True
-        what = "a `checkpoint` state file (tf.train.Checkpoint, CheckpointManager, tf.compat.v1 Saver)"
-        if self.weight_files:
-            what += " or Keras weight files (*.weights.h5, *.keras)"
-        self.log.info("no checkpoints yet", waiting_for=what)
-
-
-def discover(root: str, depth: int, weight_files: bool) -> list[str]:
-    """The directories at most `depth` levels below `root` (itself included) that hold a `checkpoint`
-    state file (or, with `weight_files`, Keras weight files): the runs a `--root` watch serves.
-    The evaluator's own outputs (eval*/, export/) are not runs."""
-    found = []
-    for directory, level in _walk(checkpoints.normalize_model_dir(root), depth):
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            continue
-        if checkpoints.STATE_FILE in names or (weight_files and any(checkpoints.is_weight_file(n) for n in names)):
-            found.append(directory)
-    return sorted(found)
-
-
-def _walk(root: str, depth: int) -> Iterator[tuple[str, int]]:
-    stack = [(root, 0)]
-    while stack:
-        directory, level = stack.pop()
-        yield directory, level
-        if level >= depth:
-            continue
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".") and \
-                    not entry.name.startswith(OWN_OUTPUTS):
-                stack.append((entry.path, level + 1))
+        self.log.info("no checkpoints yet", waiting_for=self.source.waiting_for())

@@ -16,7 +16,7 @@ from typing import Any
 import tensorflow as tf
 
 from evaluator import data, metrics
-from evaluator.errors import Abandoned, CheckpointError, EvaluationFault, TaskError, first_line
+from evaluator.errors import Abandoned, EvaluationFault, TaskError, first_line
 from evaluator.evaluation import Metrics
 
 #: Called after each batch with the number of examples done so far; may raise Abandoned.
@@ -128,8 +128,8 @@ class Validator:
             if totals.examples == 0:
                 raise self.sets.empty(validation.name)
             done += totals.examples
-            values[validation.name] = {**totals.values(),
-                                       **{n: float(v) for n, v in session.run(self._values).items()}}
+            streamed = session.run(self._values) if self._values else {}  # a session.run costs ~0.1 ms
+            values[validation.name] = {**totals.values(), **{n: float(v) for n, v in streamed.items()}}
             counts[validation.name] = totals.examples
         return values, counts
 

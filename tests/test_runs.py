@@ -7,7 +7,7 @@ from pathlib import Path
 
 from evaluator import checkpoints
 from evaluator.backlog import Backlog
-from evaluator.runs import discover
+from evaluator.sources import discover
 
 
 def state_file(directory: Path, *names: str) -> None:

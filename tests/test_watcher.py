@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluator.watcher import Watcher
+from evaluator.sources.watcher import Watcher
 from tests.conftest import train, wait_for
 
 

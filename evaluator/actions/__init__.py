@@ -43,3 +43,15 @@ class Action(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def after_many(action: Action, recorded: list[Recorded]) -> None:
+    """Right after rows are written together (a backlog's batch, by step): the action's own
+    `after_many` where it can do better than once per row (one flush, one choice), else `after`
+    for each."""
+    many = getattr(action, "after_many", None)
+    if many is not None:
+        many(recorded)
+        return
+    for one in recorded:
+        action.after(one)

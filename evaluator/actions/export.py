@@ -78,6 +78,16 @@ class BestExport:
         if self._qualifies(row):
             self._keep(row, recorded.held, recorded.model)
 
+    def after_many(self, recorded: list[Recorded]) -> None:
+        """A batch: only its best `keep` rows can enter the best kept (any other has `keep` better
+        ones beside it), so only they are considered, by step as they came."""
+        ok = [one for one in recorded if one.evaluation.status is Status.OK]
+        self._choose_metric([one.evaluation for one in ok])
+        best = {id(one) for one in sorted(ok, key=lambda one: self._rank(one.evaluation))[: self.keep]}
+        for one in recorded:
+            if id(one) in best:
+                self.after(one)
+
     def close(self) -> None:
         pass
 

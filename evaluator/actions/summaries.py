@@ -82,12 +82,19 @@ class Summaries:
     def after(self, recorded: Recorded) -> None:
         self._write(recorded.evaluation)
 
+    def after_many(self, recorded: list[Recorded]) -> None:
+        """A batch's points, flushed to the event file once."""
+        for one in recorded:
+            self._write(one.evaluation, flush=False)
+        if self._writer is not None:
+            self._writer.flush()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
 
-    def _write(self, row: Evaluation) -> int:
+    def _write(self, row: Evaluation, flush: bool = True) -> int:
         """The row's points that the event files lack; returns how many."""
         if row.status is not Status.OK or row.step is None:
             return 0
@@ -102,6 +109,7 @@ class Summaries:
         with self._writer.as_default(step=row.step):
             for tag, value in points.items():
                 tf.summary.write(tag, tf.constant(value, tf.float32), metadata=_scalar_metadata())
-        self._writer.flush()
+        if flush:
+            self._writer.flush()
         self._written.update((row.step, tag) for tag in points)
         return len(points)

@@ -1,0 +1,108 @@
+"""Where checkpoints come from, behind the one small interface the service needs: what is there now
+(listed in the state file, found beside it; complete or not; each one's fingerprint), a way to hear
+of a change, and a local, stable copy of one checkpoint to restore from.
+
+A local directory (`local.py`: inotify or polling, the state file, a scan, hard-to-lose open
+descriptors) is the first source. Object storage or directories of SavedModel versions are further
+sources: `open` picks one by the location's form, and nothing above this package changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Protocol
+
+from evaluator.checkpoints import Checkpoint, State
+
+
+@dataclass
+class Held:
+    """One checkpoint as it is restored: `path`, a local prefix (or weight file) that stays readable
+    while held, and its files, open (what the best kept is copied from, even if training deleted
+    them meanwhile)."""
+
+    path: str
+    files: dict[str, IO[bytes]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for handle in self.files.values():
+            handle.close()
+        self.files = {}
+
+
+class Source(Protocol):
+    """The checkpoints of one run (one model directory)."""
+
+    #: The run's location as its rows name it (a local directory: absolute, symlinks resolved).
+    location: str
+
+    # -- what is there now ------------------------------------------------------------------------
+
+    def listed(self) -> State:
+        """The checkpoints the state file lists (StateFileError when it can't be read)."""
+        ...
+
+    def has_state_file(self) -> bool: ...
+
+    def waiting_for(self) -> str:
+        """What would count as a checkpoint here (said once while there is none)."""
+        ...
+
+    def found(self, families: set[str]) -> list[Checkpoint]:
+        """The checkpoints there beside those listed: of the listed `families`, and weight files."""
+        ...
+
+    def started(self, ckpt: Checkpoint) -> bool:
+        """Whether its marker (an `.index`, or the weight file) is there: being written, or written."""
+        ...
+
+    def complete(self, ckpt: Checkpoint) -> bool:
+        """Whether it can be read: its index and data are there."""
+        ...
+
+    def fingerprint(self, ckpt: Checkpoint) -> str | None:
+        """What its bytes are (None: not there): training restarted from scratch reuses names, not these."""
+        ...
+
+    def files(self, ckpt: Checkpoint) -> tuple[tuple[str, int, int], ...]:
+        """(file, size, mtime) of each of its files: what changes while it is still being written."""
+        ...
+
+    # -- a change -------------------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        """How changes are noticed (said in the log)."""
+        ...
+
+    def watch(self, on_change: Callable[[], None], on_written: Callable[[Checkpoint], None]) -> None:
+        """Call `on_change` when the state file (or the location itself) changes, `on_written` when a
+        checkpoint's marker appears; from another thread."""
+        ...
+
+    def ensure(self) -> bool:
+        """Whether the location is there (watched, when watching): it may appear, go and come back."""
+        ...
+
+    def stop(self) -> None: ...
+
+    # -- a stable copy ----------------------------------------------------------------------------
+
+    def hold(self, ckpt: Checkpoint) -> Held:
+        """A local, stable view of `ckpt` to restore from and keep; the caller closes it."""
+        ...
+
+
+def open_source(location: str, *, weight_files: bool, poll: bool = False, poll_interval: float = 1.0) -> Source:
+    """The source for a run's location (today: a local directory)."""
+    from evaluator.sources.local import LocalDirectory
+
+    return LocalDirectory(location, weight_files=weight_files, poll=poll, poll_interval=poll_interval)
+
+
+def discover(root: str, depth: int, weight_files: bool) -> list[str]:
+    """The runs below `root` (`--root`): the locations that hold checkpoints."""
+    from evaluator.sources.local import discover as discover_local
+
+    return discover_local(root, depth, weight_files)

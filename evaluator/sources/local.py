@@ -1,0 +1,125 @@
+"""A model directory on a local (or network) file system: the first source.
+
+Changes come from inotify (watchdog), or from polling with `--poll` on file systems whose events
+don't arrive (NFS): the state file renamed into place, an `.index` appearing. What is there is read
+from the `checkpoint` state file and a scan of the directory (checkpoints.py knows the formats).
+A checkpoint is held by opening its files: training's `max_to_keep` then removes the names but not
+the data, and the best kept is copied from the open descriptors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from evaluator import checkpoints
+from evaluator.checkpoints import Checkpoint, State
+from evaluator.sources import Held
+from evaluator.sources.watcher import Watcher
+
+#: Directories --root never descends into: what the evaluator itself writes into a model directory.
+OWN_OUTPUTS = ("eval", "export")
+
+
+class LocalDirectory:
+    """One model directory on a file system."""
+
+    def __init__(self, model_dir: str, *, weight_files: bool, poll: bool = False, poll_interval: float = 1.0) -> None:
+        self.location = checkpoints.normalize_model_dir(model_dir)
+        #: Whether Keras weight files are checkpoints here (the model's kind decides).
+        self.weight_files = weight_files
+        self._poll = poll
+        self._poll_interval = poll_interval
+        self._watcher: Watcher | None = None
+
+    # -- what is there now ------------------------------------------------------------------------
+
+    def listed(self) -> State:
+        return checkpoints.read_state(self.location)
+
+    def has_state_file(self) -> bool:
+        return os.path.exists(os.path.join(self.location, checkpoints.STATE_FILE))
+
+    def waiting_for(self) -> str:
+        what = "a `checkpoint` state file (tf.train.Checkpoint, CheckpointManager, tf.compat.v1 Saver)"
+        return what + (" or Keras weight files (*.weights.h5, *.keras)" if self.weight_files else "")
+
+    def found(self, families: set[str]) -> list[Checkpoint]:
+        return checkpoints.scan(self.location, families, weight_files=self.weight_files)
+
+    def started(self, ckpt: Checkpoint) -> bool:
+        return os.path.exists(checkpoints.marker(ckpt.path))
+
+    def complete(self, ckpt: Checkpoint) -> bool:
+        return checkpoints.exists(ckpt.path)
+
+    def fingerprint(self, ckpt: Checkpoint) -> str | None:
+        return checkpoints.fingerprint(ckpt.path)
+
+    def files(self, ckpt: Checkpoint) -> tuple[tuple[str, int, int], ...]:
+        return checkpoints.snapshot(ckpt.path)
+
+    # -- a change -------------------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        return self._watcher.kind if self._watcher is not None else "none"
+
+    def watch(self, on_change: Callable[[], None], on_written: Callable[[Checkpoint], None]) -> None:
+        def written(prefix: str) -> None:
+            ckpt = checkpoints.at(self.location, prefix)
+            if ckpt is not None:
+                on_written(ckpt)
+
+        self._watcher = Watcher(self.location, on_change, on_written=written, weight_files=self.weight_files,
+                                poll=self._poll, poll_interval=self._poll_interval)
+        self._watcher.start()
+
+    def ensure(self) -> bool:
+        return self._watcher.ensure() if self._watcher is not None else os.path.isdir(self.location)
+
+    @property
+    def watching(self) -> bool:
+        return self._watcher is not None
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+
+    # -- a stable copy ----------------------------------------------------------------------------
+
+    def hold(self, ckpt: Checkpoint) -> Held:
+        return Held(path=ckpt.path, files=checkpoints.hold(ckpt.path))
+
+
+def discover(root: str, depth: int, weight_files: bool) -> list[str]:
+    """The directories at most `depth` levels below `root` (itself included) that hold a `checkpoint`
+    state file (or, with `weight_files`, Keras weight files): the runs a `--root` watch serves.
+    The evaluator's own outputs (eval*/, export/) are not runs."""
+    found = []
+    for directory, level in _walk(checkpoints.normalize_model_dir(root), depth):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        if checkpoints.STATE_FILE in names or (weight_files and any(checkpoints.is_weight_file(n) for n in names)):
+            found.append(directory)
+    return sorted(found)
+
+
+def _walk(root: str, depth: int) -> Iterator[tuple[str, int]]:
+    stack = [(root, 0)]
+    while stack:
+        directory, level = stack.pop()
+        yield directory, level
+        if level >= depth:
+            continue
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".") and \
+                    not entry.name.startswith(OWN_OUTPUTS):
+                stack.append((entry.path, level + 1))
