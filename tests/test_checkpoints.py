@@ -106,3 +106,44 @@ def test_exists_needs_index_and_data(tmp_path: Path) -> None:
     assert not checkpoints.exists(str(prefix))
     Path(f"{prefix}.data-00000-of-00001").write_bytes(b"")
     assert checkpoints.exists(str(prefix))
+
+
+def _by_tensorflow(model_dir: Path) -> checkpoints.State:
+    """What TensorFlow's own parser makes of the state file (the reference for the plain reader)."""
+    proto = tf.train.get_checkpoint_state(str(model_dir))
+    listed = list(proto.all_model_checkpoint_paths)
+    if proto.model_checkpoint_path not in listed:
+        listed.append(proto.model_checkpoint_path)
+    return checkpoints._resolve(str(model_dir), listed)
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_plain_state_file_reads_as_tensorflow_reads_it(tmp_path: Path, relative: bool) -> None:
+    """State files as TF1 Savers and TF2 CheckpointManagers write them (timestamps too) are read
+    without TensorFlow's text-proto parser, to the same State."""
+    names_ = [f"model.ckpt-{i}" for i in range(1, 40)]
+    paths = names_ if relative else [str(tmp_path / n) for n in names_]
+    tf.compat.v1.train.update_checkpoint_state(str(tmp_path), paths[-1], all_model_checkpoint_paths=paths,
+                                               all_model_checkpoint_timestamps=[1.7e9 + i for i in range(len(paths))],
+                                               last_preserved_timestamp=1.6e9)
+    assert "all_model_checkpoint_timestamps" in (tmp_path / "checkpoint").read_text()
+    assert checkpoints._read_plain_state(str(tmp_path / "checkpoint")) is not None
+    assert checkpoints.read_state(str(tmp_path)) == _by_tensorflow(tmp_path)
+
+
+@pytest.mark.parametrize("text", [
+    'model_checkpoint_path: "a\\"b-3"\nall_model_checkpoint_paths: "a\\"b-3"\n',  # an escape
+    '# a comment\nmodel_checkpoint_path: "model.ckpt-3"\n',
+    'model_checkpoint_path: "model.ckpt-3"\nmodel_checkpoint_path: "model.ckpt-4"\n',  # TF keeps the last
+    'all_model_checkpoint_paths: "model.ckpt-3"\n',  # no newest: TF says it is invalid
+])
+def test_anything_else_goes_to_tensorflows_parser(tmp_path: Path, text: str) -> None:
+    (tmp_path / "checkpoint").write_text(text)
+    assert checkpoints._read_plain_state(str(tmp_path / "checkpoint")) is None
+    try:
+        expected: checkpoints.State | type[Exception] = _by_tensorflow(tmp_path)
+    except Exception:  # noqa: BLE001 - TensorFlow refuses it: so must read_state
+        with pytest.raises(StateFileError):
+            checkpoints.read_state(str(tmp_path))
+        return
+    assert checkpoints.read_state(str(tmp_path)) == expected
