@@ -1,5 +1,10 @@
 """The work queue: claims on checkpoints (an owner and an expiry, renewed by a heartbeat, taken over
 once expired) and the `workers` table, so that two evaluators never evaluate one checkpoint twice.
+
+Every time that decides ownership (a claim's expiry, its take-over, a heartbeat, a worker's age) is
+the database's clock, read in the transaction that uses it: a worker whose own clock is minutes off
+(no NTP, a VM after suspend) still sees a live claim as live. SQLite serves one machine, whose clock
+it is.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from evaluator.evaluation import CheckpointKey, Worker
@@ -42,10 +47,10 @@ class WorkQueue(Database):
 
         One upsert: insert the claims, or overwrite those that are `owner`'s own or have expired.
         """
-        now = _now()
-        expires_at = now + timedelta(seconds=lease)
         upsert = _upsert(self.engine.dialect.name)
         with self._writing() as session:
+            now = _clock(session)
+            expires_at = now + timedelta(seconds=lease)
             if upsert is None:  # a backend without INSERT ... ON CONFLICT: one key at a time
                 return [self._claim_one(session, key, owner, now, expires_at) for key in keys]
             recorded = _recorded_keys(session, keys)
@@ -93,8 +98,8 @@ class WorkQueue(Database):
 
     def take_over(self, key: CheckpointKey, dead: str, owner: str, lease: float) -> bool:
         """Move `dead`'s claim on `key` to `owner` (the holder is known to be gone); False if it moved meanwhile."""
-        now = _now()
         with self._writing() as session:
+            now = _clock(session)
             result = session.execute(update(ClaimRow).where(*_matches(ClaimRow, key), ClaimRow.owner == dead)
                                      .values(owner=owner, claimed_at=now, expires_at=now + timedelta(seconds=lease)))
             return bool(result.rowcount)
@@ -103,7 +108,7 @@ class WorkQueue(Database):
         """Push back the expiry of every claim `owner` holds (the heartbeat); returns how many."""
         with self._writing() as session:
             result = session.execute(update(ClaimRow).where(ClaimRow.owner == owner)
-                                     .values(expires_at=_now() + timedelta(seconds=lease)))
+                                     .values(expires_at=_clock(session) + timedelta(seconds=lease)))
             return int(result.rowcount or 0)
 
     def release_claims(self, owner: str, key: CheckpointKey | None = None) -> None:
@@ -115,12 +120,15 @@ class WorkQueue(Database):
     # -- workers ------------------------------------------------------------------------------
 
     def beat(self, worker: Worker) -> None:
-        """Insert or refresh `worker`'s row (its heartbeat)."""
-        values = {"owner": worker.owner, "host": worker.host, "pid": worker.pid, "lease": worker.lease,
-                  "model_dirs": json.dumps(worker.model_dirs), "evaluating": worker.evaluating,
-                  "evaluating_since": worker.evaluating_since, "started_at": worker.started_at,
-                  "heartbeat_at": _now()}
+        """Insert or refresh `worker`'s row (its heartbeat). Its own times (started, evaluating since)
+        are moved onto the database's clock by the difference between the two clocks now."""
         with self._writing() as session:
+            now = _clock(session)
+            skew = now - datetime.now(timezone.utc)
+            values = {"owner": worker.owner, "host": worker.host, "pid": worker.pid, "lease": worker.lease,
+                      "model_dirs": json.dumps(worker.model_dirs), "evaluating": worker.evaluating,
+                      "evaluating_since": worker.evaluating_since + skew if worker.evaluating_since else None,
+                      "started_at": worker.started_at + skew, "heartbeat_at": now}
             found = session.scalar(select(WorkerRow.id).where(WorkerRow.owner == worker.owner))
             if found is None:
                 session.execute(insert(WorkerRow).values(**values))
@@ -131,6 +139,11 @@ class WorkQueue(Database):
         """`owner` stops: its row goes."""
         with self._writing() as session:
             session.execute(delete(WorkerRow).where(WorkerRow.owner == owner))
+
+    def clock(self) -> datetime:
+        """The database's time now (what `workers`' ages are measured against)."""
+        with self._reading() as session:
+            return _clock(session)
 
     def workers(self) -> list[Worker]:
         """Every worker that has a row, by host and pid (`heartbeat_at` says who is still alive)."""
@@ -146,5 +159,9 @@ def _claim_values(key: CheckpointKey, owner: str, now: datetime, expires_at: dat
             "fingerprint": key.fingerprint, "owner": owner, "claimed_at": now, "expires_at": expires_at}
 
 
-def _now() -> datetime:
+def _clock(session: Session) -> datetime:
+    """The database server's time (UTC, aware): PostgreSQL's now(), the transaction's start; SQLite
+    (one machine) this machine's."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.scalar(select(func.timezone("UTC", func.now()))).replace(tzinfo=timezone.utc)
     return datetime.now(timezone.utc)

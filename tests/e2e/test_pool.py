@@ -4,7 +4,9 @@ server stopped and started again mid-run, runs found under --root as they come a
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import shutil
 import signal
 import time
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests import pg
-from tests.conftest import Daemon, read_rows, run_cli, saved_by, slow_task, start_trainer, train, wait_for
+from tests.conftest import Daemon, cli_env, read_rows, run_cli, saved_by, slow_task, start_trainer, train, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -134,3 +136,40 @@ def test_root_finds_runs_as_they_appear_and_forgets_those_removed(tmp_path: Path
     by_run = Counter(Path(r["model_dir"]).parent.name for r in read_rows(db))
     assert by_run == {"lr-0.1": 2, "lr-0.3": 3}  # rows outlive their run's directory
     assert not any("export" in r["model_dir"] or "eval" in r["model_dir"] for r in read_rows(db))
+
+
+def _faketime_env(offset: str) -> dict[str, str]:
+    """The environment that puts a process's clock `offset` off (libfaketime, Debian's faketime
+    package), set directly rather than through the `faketime` launcher, which forks and would take
+    the signals meant for the evaluator."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")) + sorted(glob.glob("/usr/lib*/faketime/libfaketimeMT.so.1"))
+    if not found:
+        if os.environ.get("EVALUATOR_REQUIRE_FAKETIME"):
+            raise AssertionError("libfaketime is not installed (.ci/run installs Debian's faketime)")
+        pytest.skip("libfaketime is not installed")
+    return cli_env(LD_PRELOAD=found[0], FAKETIME=offset)
+
+
+def test_a_worker_whose_clock_is_ahead_takes_no_live_claim(tmp_path: Path, pg_url: str, daemons: list[Daemon]) -> None:
+    """A worker two minutes ahead (no NTP) beside a normal one, --lease 30: by its own clock every
+    live claim has expired. Claims are judged by the database's clock, so no checkpoint is
+    evaluated by both."""
+    model_dir = tmp_path / "model"
+    train(model_dir, steps=160, save_every=20, max_to_keep=10, relative_paths=True)
+    task = slow_task(tmp_path, seconds_per_batch=0.4, batches=5)  # 2 s per checkpoint
+    normal = Daemon(model_dir, pg_url, "--lease", "30", "--log-level", "debug", task=task)
+    ahead = Daemon(model_dir, pg_url, "--lease", "30", "--log-level", "debug", task=task, env=_faketime_env("+120s"))
+    for worker in (normal, ahead):
+        daemons.append(worker.start())
+    for worker in (normal, ahead):
+        worker.wait_ready(timeout=180)
+    rows = normal.wait_rows(8, timeout=240)
+    time.sleep(3)  # a late duplicate evaluation would show now
+    listing = json.loads(run_cli("workers", "--db", pg_url, "--format", "json").stdout)
+    assert len(listing) == 2 and all(w["alive"] and w["heartbeat_age_s"] < 31 for w in listing), listing
+    assert normal.stop() == 0 and ahead.stop() == 0
+    rows = read_rows(pg_url)
+    assert sorted(r["step"] for r in rows) == list(range(20, 161, 20)) and {r["status"] for r in rows} == {"ok"}
+    evaluations = started(normal) + started(ahead)
+    assert Counter(evaluations).most_common(1)[0][1] == 1, Counter(evaluations)  # none evaluated twice
+    assert started(ahead), "the skewed worker did none of the work: the test proves nothing"
