@@ -112,7 +112,9 @@ class Validator:
         values: dict[str, dict[str, float]] = {}
         counts: dict[str, int] = {}
         done = 0
-        fetches = {"statistics": self._statistics, "updates": self._updates}
+        # A flat list: session.run maps nested fetches in Python, a tenth of a millisecond per batch.
+        names = list(self._statistics)
+        fetches = [*self._statistics.values(), *self._updates.values()]
         for validation in self.sets.sets:
             if self._reset is not None:
                 session.run(self._reset)
@@ -122,7 +124,7 @@ class Validator:
                     batch = session.run(fetches, feed_dict=feed)
                 except tf.errors.OutOfRangeError:
                     break
-                totals.add(batch["statistics"])
+                totals.add(dict(zip(names, batch)))
                 if progress is not None:
                     progress(done + totals.examples)
             if totals.examples == 0:

@@ -75,12 +75,14 @@ class Ledger(Database):
                     recorded.add(evaluation.key)  # the same key twice in one batch: one row
                     new.append(evaluation)
             if new:
-                ids = session.execute(insert(EvaluationRow).returning(EvaluationRow.id, sort_by_parameter_order=True),
+                # The tables, not the ORM classes: Core sends a batch as one multi-row INSERT ... RETURNING
+                # (insertmanyvalues), where the ORM's bulk path sends one statement per row.
+                ids = session.execute(insert(EvaluationRow.__table__).returning(EvaluationRow.id, sort_by_parameter_order=True),
                                       [_row_fields(evaluation) for evaluation in new]).scalars().all()
                 metrics = [(row_id, evaluation) for row_id, evaluation in zip(ids, new) if evaluation.metrics]
                 if metrics:
                     series = _series_ids(session, [evaluation for _, evaluation in metrics])
-                    session.execute(insert(MetricRow), [
+                    session.execute(insert(MetricRow.__table__), [
                         {**row, "series_id": series[evaluation.model_dir, evaluation.name, row["dataset"], row["name"]]}
                         for row_id, evaluation in metrics for row in _metric_rows(row_id, evaluation)])
         self.check_identity()  # a file replaced during the write: that row went nowhere
