@@ -38,7 +38,7 @@ from evaluator.errors import (
 from evaluator.notify import Notifier
 from evaluator.options import WatchOptions
 from evaluator.runs import Run
-from evaluator.sources import discover, open_source
+from evaluator.sources import discover, open_source, watch_root
 from evaluator.shutdown import Shutdown
 from evaluator.store import Store, describe
 from evaluator.task import batch_size_of, load_task
@@ -77,6 +77,9 @@ class Service:
         self._busy = threading.Event()
         self._last_rescan = -math.inf
         self._turn = 0
+        #: --root: a watcher per root (new runs), and whether one reported something to look at.
+        self._root_watchers: dict[str, Any] = {}
+        self._discover_now = threading.Event()
         done_file = os.path.join(self.directories[0], options.done_file) if options.done_file and self.single else None
         self.ending = Ending(options.until_step, options.idle_timeout, done_file)
         #: Set when the done file appeared: evaluate what is pending, then stop (like --once).
@@ -164,6 +167,7 @@ class Service:
         """--root: serve each run that appeared below a root; forget those that are gone."""
         if not self.roots:
             return
+        self._watch_roots()
         assert self.model is not None and self.heartbeat is not None
         found = {d for root in self.roots for d in discover(root, self.options.depth, self.model.reads_weight_files)}
         for directory in sorted(found - set(self.runs)):
@@ -176,6 +180,23 @@ class Service:
                 self.runs.pop(directory).stop()
                 self.log.info("model directory gone; no longer served", model_dir=directory)
                 self.heartbeat.watching(list(self.runs))
+
+    def _watch_roots(self) -> None:
+        """Watch each root for new runs (once it is there): one is served within a moment of its
+        state file, not at the next --rescan."""
+        if self.options.once:
+            return
+        assert self.model is not None
+        for root in self.roots:
+            if root not in self._root_watchers:
+                watcher = watch_root(root, self._new_run, weight_files=self.model.reads_weight_files)
+                if watcher is not None:
+                    self._root_watchers[root] = watcher
+
+    def _new_run(self) -> None:
+        """From a root's watcher thread: something below it may be a new run; look at once."""
+        self._discover_now.set()
+        self._wake.set()
 
     def _catch_up(self, run: Run) -> None:
         """Each action does what the rows already recorded call for and it has not done."""
@@ -216,6 +237,8 @@ class Service:
         if self.shutdown.requested:
             self.log.info("stopping", signal=self.shutdown.signal_name)
         self.notifier.stopping()
+        for watcher in self._root_watchers.values():
+            watcher.stop()
         for run in self.runs.values():
             run.stop()
         if self.heartbeat is not None:
@@ -306,9 +329,11 @@ class Service:
         """Evaluate every pending checkpoint that is due, one of each run in turn; returns how many rows."""
         self._wake.clear()  # before reading: a change from now on wakes the next pass
         rescan = time.monotonic() - self._last_rescan >= self.options.rescan_interval
+        if rescan or self._discover_now.is_set():
+            self._discover_now.clear()
+            self._discover()
         if rescan:
             self._last_rescan = time.monotonic()
-            self._discover()
         done = 0
         tried: dict[str, set[str]] = {}
         for run in list(self.runs.values()):

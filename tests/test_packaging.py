@@ -57,7 +57,7 @@ def test_the_wheel_holds_every_package_and_migration(wheel: Path) -> None:
     assert _packages_in_checkout() <= folders, _packages_in_checkout() - folders
     migrations = {f"evaluator/migrations/versions/{p.name}" for p in (ROOT / "migrations" / "versions").glob("0*.py")}
     assert len(migrations) >= 6 and migrations <= names
-    assert {"evaluator/migrations/env.py", "evaluator/migrations/script.py.mako", "evaluator/cli.py"} <= names
+    assert {"evaluator/migrations/env.py", "evaluator/migrations/script.py.mako", "evaluator/cli/__init__.py"} <= names
     assert not any(name.startswith(("tests/", "examples/", "bench/", "migrations/")) for name in names)
     assert not any(name.endswith(".whl") for name in names)
 

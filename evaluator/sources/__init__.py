@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from evaluator.checkpoints import Checkpoint, State
 
@@ -99,6 +99,15 @@ def open_source(location: str, *, weight_files: bool, poll: bool = False, poll_i
     from evaluator.sources.local import LocalDirectory
 
     return LocalDirectory(location, weight_files=weight_files, poll=poll, poll_interval=poll_interval)
+
+
+def watch_root(root: str, on_change: Callable[[], None], *, weight_files: bool) -> Any:
+    """Start watching `root` for new runs (`on_change` from another thread); the watcher (with stop()),
+    or None when it cannot be watched now (not there yet)."""
+    from evaluator.sources.local import RootWatcher
+
+    watcher = RootWatcher(root, on_change, weight_files=weight_files)
+    return watcher if watcher.start() else None
 
 
 def discover(root: str, depth: int, weight_files: bool) -> list[str]:

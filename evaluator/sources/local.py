@@ -93,6 +93,58 @@ class LocalDirectory:
         return Held(path=ckpt.path, files=checkpoints.hold(ckpt.path))
 
 
+class RootWatcher:
+    """Watches a `--root` tree for new runs: a `checkpoint` state file (or a weight file) written, or
+    a directory made, anywhere below it calls `on_change`, so a new run is served within a moment
+    rather than at the next --rescan. The evaluator's own outputs (eval*/, export/) are not runs."""
+
+    def __init__(self, root: str, on_change: Callable[[], None], *, weight_files: bool) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        self.root = checkpoints.normalize_model_dir(root)
+        outer = self
+
+        class _Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                for path in (event.src_path, getattr(event, "dest_path", "") or ""):
+                    if outer._announces_a_run(os.fsdecode(path), event.is_directory):
+                        on_change()
+                        return
+
+        self._weight_files = weight_files
+        self._observer = Observer()
+        self._handler = _Handler()
+
+    def start(self) -> bool:
+        """Start watching; False when the root is not there (the --rescan ticks look for it)."""
+        if not os.path.isdir(self.root):
+            return False
+        try:
+            self._observer.schedule(self._handler, self.root, recursive=True)
+        except OSError:  # out of inotify watches, or gone again: the ticks still find runs
+            return False
+        self._observer.daemon = True
+        self._observer.start()
+        return True
+
+    def stop(self) -> None:
+        if self._observer.is_alive():
+            self._observer.stop()
+            self._observer.join(timeout=5)
+
+    def _announces_a_run(self, path: str, is_directory: bool) -> bool:
+        if not path.startswith(self.root + os.sep):
+            return False
+        parts = path[len(self.root) + 1:].split(os.sep)
+        if any(part.startswith(OWN_OUTPUTS) for part in parts[:-1 if not is_directory else None]):
+            return False
+        name = parts[-1]
+        return is_directory or name == checkpoints.STATE_FILE or (self._weight_files and checkpoints.is_weight_file(name))
+
+
 def discover(root: str, depth: int, weight_files: bool) -> list[str]:
     """The directories at most `depth` levels below `root` (itself included) that hold a `checkpoint`
     state file (or, with `weight_files`, Keras weight files): the runs a `--root` watch serves.

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import time
+from datetime import datetime
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,27 @@ def test_root_finds_runs_as_they_appear_and_forgets_those_removed(tmp_path: Path
     by_run = Counter(Path(r["model_dir"]).parent.name for r in read_rows(db))
     assert by_run == {"lr-0.1": 2, "lr-0.3": 3}  # rows outlive their run's directory
     assert not any("export" in r["model_dir"] or "eval" in r["model_dir"] for r in read_rows(db))
+
+
+def test_root_notices_a_new_run_within_a_moment(tmp_path: Path, db: Path, daemons: list[Daemon]) -> None:
+    """--rescan 300: a run created under the root is served when its state file appears (the root
+    is watched), not minutes later at the next re-scan."""
+    root = tmp_path / "sweep"
+    root.mkdir()
+    daemon = Daemon(root, db, "--rescan", "300")
+    daemon.command[daemon.command.index(str(root))] = "--root"
+    daemon.command.insert(daemon.command.index("--root") + 1, str(root))
+    daemons.append(daemon.start())
+    daemon.wait_ready()
+    time.sleep(1)
+    train(root / "lr-0.3" / "model", steps=60, save_every=20)
+    written = (root / "lr-0.3" / "model" / "checkpoint").stat().st_mtime
+    served = daemon.wait_event("serving this model directory", timeout=30)
+    noticed = datetime.fromisoformat(served["timestamp"].replace("Z", "+00:00")).timestamp() - written
+    assert noticed < 5, noticed  # the trainer's first state file came earlier still
+    wait_for(lambda: len(read_rows(db)) >= 3, timeout=60, message="the new run's rows")
+    assert daemon.stop() == 0
+    assert sorted(r["step"] for r in read_rows(db)) == [20, 40, 60]
 
 
 def _faketime_env(offset: str) -> dict[str, str]:

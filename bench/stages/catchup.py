@@ -1,4 +1,4 @@
-"""Bench stage `catchup`: a backlog present at start (a sweep, downtime), evaluated by `watch --once`,
+"""Stage `catchup`: a backlog present at start (a sweep, downtime), evaluated by `watch --once`,
 against a bare loop that restores and evaluates the same files, and against the previous release.
 
 Small model: the digits network in the classic `mnist_train.py` style (two layers, 360 examples), where
@@ -13,30 +13,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-ROOT = Path(__file__).resolve().parent.parent
-DIGITS = ROOT / "examples" / "digits"
-DIGITS_TASK = f"{DIGITS / 'task.py'}:TASK"
-WORKLOAD_TASK = f"{ROOT / 'bench' / 'workload.py'}:TASK"
-#: The release before this one (what the figures are compared with): its source is checked out
-#: beside the repository as a git worktree and run with the same interpreter.
-PREVIOUS = "6b3f6e2"
+from bench.common import DIGITS_TASK, ROOT, WORKLOAD_TASK, Row, digits_trainer, link_checkpoint
+from bench.previous import not_measured, previous_release
 
-
-def previous_release() -> Path | None:
-    """A checkout of the previous release (a git worktree), made if missing; None outside a git clone."""
-    tree = Path(os.environ.get("BENCH_PREVIOUS_TREE", f"/tmp/evaluator-release-{PREVIOUS}"))
-    if (tree / "evaluator" / "__init__.py").exists():
-        return tree
-    made = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), PREVIOUS],
-                          capture_output=True, text=True)
-    return tree if made.returncode == 0 else None
+if TYPE_CHECKING:
+    from bench.run import Sizes
 
 
 def stage_links(staged: Path, sources: list[str], model_dir: Path, count: int, family: str) -> list[str]:
@@ -45,10 +34,8 @@ def stage_links(staged: Path, sources: list[str], model_dir: Path, count: int, f
     model_dir.mkdir(parents=True)
     names = []
     for index in range(1, count + 1):
-        source = sources[(index - 1) % len(sources)]
         name = f"{family}-{index}"
-        for path in staged.glob(source + ".*"):
-            os.link(path, model_dir / (name + path.name[len(source):]))
+        link_checkpoint(staged, sources[(index - 1) % len(sources)], model_dir, name)
         names.append(name)
     lines = [f'model_checkpoint_path: "{names[-1]}"'] + [f'all_model_checkpoint_paths: "{n}"' for n in names]
     (model_dir / "checkpoint").write_text("\n".join(lines) + "\n")
@@ -56,8 +43,9 @@ def stage_links(staged: Path, sources: list[str], model_dir: Path, count: int, f
 
 
 def once(model_dir: Path, db: Path, task: str, tree: Path | None = None) -> dict[str, Any]:
-    """`watch --once` of the current code (or the release at `tree`): seconds from "database ready"
-    (the model built, the database open) to the exit, and the rows."""
+    """`watch --once` of the current code (or of the release at `tree`: PYTHONPATH=tree, run from the
+    database's folder, outside the checkout): seconds from "database ready" (the model built, the
+    database open) to the exit, and the rows."""
     log = db.with_suffix(".log")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     if tree is not None:
@@ -65,13 +53,12 @@ def once(model_dir: Path, db: Path, task: str, tree: Path | None = None) -> dict
     with open(log, "wb") as errors:
         process = subprocess.run([sys.executable, "-m", "evaluator", "watch", str(model_dir), "--task", task,
                                   "--db", f"sqlite:///{db}", "--once", "--log-format", "json", "--device", "auto"],
-                                 stdout=subprocess.DEVNULL, stderr=errors, cwd=tree or ROOT, env=env, timeout=3600)
+                                 stdout=subprocess.DEVNULL, stderr=errors, cwd=db.parent if tree is not None else ROOT,
+                                 env=env, timeout=3600)
     ended = time.time()
     ready = next(json.loads(line)["timestamp"] for line in log.read_text(errors="replace").splitlines()
                  if line.startswith("{") and '"database ready"' in line)
     began = datetime.fromisoformat(ready.replace("Z", "+00:00")).timestamp()
-    import sqlite3
-
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     statuses = dict(connection.execute("SELECT status, count(*) FROM evaluations GROUP BY status").fetchall())
     connection.close()
@@ -91,28 +78,30 @@ def bare(task: Any, names: list[str], model_dir: Path, batch_size: int) -> float
     return time.perf_counter() - start
 
 
-def measure(work: Path, small: int, big: int) -> dict[str, Any]:
-    """The backlog of `small` digits checkpoints and of `big` 3.7 M-parameter ones."""
-    sys.path.insert(0, str(DIGITS))
-    import task as digits_task  # noqa: E402  (examples/digits/task.py)
-    import train  # noqa: E402
+def measure(work: Path, sizes: Sizes) -> dict[str, Any]:
+    """The backlog of `catchup_small` digits checkpoints and of `catchup_big` 3.7 M-parameter ones."""
+    train = digits_trainer()  # puts examples/digits on sys.path
+    import task as digits_task  # examples/digits/task.py
 
     from bench import workload
 
-    tree = previous_release()
-    results: dict[str, Any] = {"previous_release": PREVIOUS if tree else None}
+    previous = previous_release()
+    tree = Path(previous["path"]) if "path" in previous else None
+    results: dict[str, Any] = {"previous_release": previous}
     staged = work / "catchup-digits-staged"
     train.train(str(staged), steps=20, save_every=1, max_to_keep=20, relative_paths=True)
     big_staged = work / "catchup-big-staged"
     workload.write_checkpoints(str(big_staged), 3)
     big_sources = sorted(p.name[: -len(".index")] for p in big_staged.glob("*.index"))
     for label, count, task, spec, source, sources, family, batch in (
-            ("small", small, digits_task.TASK, DIGITS_TASK, staged, [f"model.ckpt-{i}" for i in range(1, 21)],
-             "model.ckpt", digits_task.TASK.batch_size),
-            ("big", big, workload.TASK, WORKLOAD_TASK, big_staged, big_sources, "model.ckpt", workload.TASK.batch_size)):
+            ("small", sizes.catchup_small, digits_task.TASK, DIGITS_TASK, staged,
+             [f"model.ckpt-{i}" for i in range(1, 21)], "model.ckpt", digits_task.TASK.batch_size),
+            ("big", sizes.catchup_big, workload.TASK, WORKLOAD_TASK, big_staged, big_sources, "model.ckpt",
+             workload.TASK.batch_size)):
         model_dir = work / f"catchup-{label}"
         names = stage_links(source, sources, model_dir, count, family)
-        figures: dict[str, Any] = {"checkpoints": count}
+        figures: dict[str, Any] = {"checkpoints": count, "model": "digits, 2 layers" if label == "small" else
+                                   f"{workload.parameters() / 1e6:.1f} M params"}
         ours = once(model_dir, work / f"catchup-{label}.db", spec)
         figures.update(evaluator_s=ours["seconds"], evaluator_rows=ours["rows"], evaluator_exit=ours["exit"])
         figures["bare_s"] = bare(task, names, model_dir, batch)
@@ -122,8 +111,28 @@ def measure(work: Path, small: int, big: int) -> dict[str, Any]:
         if tree is not None:
             for output in ("eval", "export"):  # the previous release starts without this run's outputs
                 shutil.rmtree(model_dir / output, ignore_errors=True)
-            previous = once(model_dir, work / f"catchup-{label}-previous.db", spec, tree)
-            figures.update(previous_s=previous["seconds"], previous_rows=previous["rows"],
-                           previous_ratio=figures["bare_s"] / previous["seconds"])
+            old = once(model_dir, work / f"catchup-{label}-previous.db", spec, tree)
+            figures.update(previous_s=old["seconds"], previous_rows=old["rows"], previous_exit=old["exit"],
+                           previous_per_s=count / old["seconds"], previous_ratio=figures["bare_s"] / old["seconds"])
         results[label] = figures
     return {"catchup": results}
+
+
+def table_rows(results: dict[str, Any]) -> list[Row]:
+    if "catchup" not in results:
+        return []
+    catchup = results["catchup"]
+    previous = catchup["previous_release"]
+    rows: list[Row] = []
+    for label in ("small", "big"):
+        fig = catchup[label]
+        rows_said = ", ".join(f"{n} {status}" for status, n in sorted(fig["evaluator_rows"].items()))
+        exit_said = f", exit {fig['evaluator_exit']}" if fig["evaluator_exit"] else ""
+        then = (f"previous release ({previous['commit'][:7]}): {fig['previous_s']:.1f} s, "
+                f"{fig['previous_per_s']:.1f}/s, ratio {fig['previous_ratio']:.2f}" if "previous_ratio" in fig
+                else not_measured(previous))
+        rows.append((f"11. catch-up: `watch --once` over a backlog of {fig['checkpoints']:,} checkpoints ({fig['model']})",
+                     f"{fig['evaluator_s']:.1f} s, {fig['evaluator_per_s']:.1f}/s, ratio {fig['ratio']:.2f} "
+                     f"(rows/s as a fraction of the bare loop's; {rows_said}{exit_said})",
+                     f"bare loop: {fig['bare_s']:.1f} s, {fig['bare_per_s']:.1f}/s; {then}", "", ""))
+    return rows

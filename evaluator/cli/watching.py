@@ -1,0 +1,147 @@
+"""`evaluator watch`: the daemon. TensorFlow is imported by the service it starts, not here."""
+
+from __future__ import annotations
+
+import click
+
+from evaluator.checkpoints import EMA_NAME
+from evaluator.cli.options import EXPORT_FORMATS, Duration, check_metrics, db_option, log_options, name_option
+from evaluator.options import DEVICES, METRIC_NAMES, ORDERS, WatchOptions
+
+
+@click.command()
+@click.argument("model_dirs", nargs=-1, type=click.Path(file_okay=False, path_type=str))
+@click.option("--task", "task_spec", required=True, envvar="EVALUATOR_TASK", show_envvar=True,
+              metavar="SPEC",
+              help="The model and validation data: package.module:NAME or path/to/file.py:NAME, an "
+                   "object with validation_data() and either model() (TF2: a Keras 3 model or tf.Module) "
+                   "or inference(features) -> logits (tf.compat.v1 graph code).")
+@db_option
+@click.option("--once", is_flag=True, help="Evaluate what is pending, then exit (cron, CI).")
+@name_option
+@click.option("--poll", is_flag=True,
+              help="Poll the directory instead of using inotify events (NFS and other network file "
+                   "systems). A checkpoint that training writes and deletes (max_to_keep) within one "
+                   "poll interval is never seen, and gets no row: prefer events where they work.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              metavar="SECONDS", help="With --poll: how often to scan the directory.")
+@click.option("--rescan", "rescan_interval", type=click.FloatRange(min=0.1), default=10.0,
+              show_default=True, metavar="SECONDS",
+              help="Re-read the state file this often even without events (a missed event only delays).")
+@click.option("--wait-for-dir", is_flag=True,
+              help="If MODEL_DIR does not exist yet, wait for it instead of failing.")
+@click.option("--ema/--no-ema", default=True, show_default=True,
+              help="Restore the exponential-moving-average shadow weights (--no-ema: the raw weights).")
+@click.option("--ema-name", default=EMA_NAME, show_default=True,
+              help="Name of the tf.train.ExponentialMovingAverage the trainer used (averages named "
+                   "<var>/<name>); Keras use_ema averages are found without it.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where to evaluate; auto takes the GPU when TensorFlow sees one (memory growth on).")
+@click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
+              help="Batch size for numpy validation data. Default: the task's batch_size, else 1024.")
+@click.option("--stop-grace", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              metavar="SECONDS",
+              help="On SIGTERM/SIGINT/SIGHUP, let the evaluation in progress finish if it can within "
+                   "this time; else it is abandoned (no row) and runs again at the next start.")
+@click.option("--missing-grace", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              metavar="SECONDS",
+              help="A listed checkpoint that never appears on disk is recorded `missing` after this "
+                   "long, once a newer checkpoint is there (a copy may still be bringing it).")
+@click.option("--retries", type=click.IntRange(min=1, max=1000), default=5, show_default=True, metavar="N",
+              help="Failures that are not a checkpoint's own (validation data, task code, the machine) "
+                   "are retried with backoff (1, 2, 4... s); after N in a row, exit 75 to be restarted.")
+@click.option("--lease", type=click.FloatRange(min=1), default=90.0, show_default=True, metavar="SECONDS",
+              help="A checkpoint being evaluated is claimed in the database; a claim whose evaluator "
+                   "died is taken over after this long (a live one renews it every lease/3).")
+@click.option("--db-wait", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
+              help="At start, wait this long for a locked or unreachable database, then exit 75.")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME", callback=check_metrics,
+              help="A built-in metric to compute besides accuracy and loss (repeatable): "
+                   f"{', '.join(METRIC_NAMES)}. A task can define its own (its `metrics`).")
+@click.option("--summaries/--no-summaries", default=True, show_default=True,
+              help="Write each checkpoint's metrics as TensorBoard scalars at its step.")
+@click.option("--summary-dir", type=click.Path(file_okay=False, path_type=str), metavar="DIR",
+              envvar="EVALUATOR_SUMMARY_DIR", show_envvar=True,
+              help="Where the event files go. Default: MODEL_DIR/eval (MODEL_DIR/eval_NAME with --name), "
+                   "so `tensorboard --logdir MODEL_DIR` shows training and evaluation together.")
+@click.option("--best-metric", metavar="NAME",
+              help="The metric the best checkpoints are chosen by, in its direction (SET/NAME for another "
+                   "validation set than the first). Default: accuracy, else (a regression) loss.")
+@click.option("--keep-best", type=click.IntRange(min=0), default=1, show_default=True, metavar="N",
+              help="Keep the N best checkpoints where training's max_to_keep cannot delete them (0: keep none).")
+@click.option("--export-dir", type=click.Path(file_okay=False, path_type=str), metavar="DIR",
+              envvar="EVALUATOR_EXPORT_DIR", show_envvar=True,
+              help="Where the best checkpoints are kept. Default: MODEL_DIR/export/best (best_NAME with --name).")
+@click.option("--export", "exports", multiple=True, type=click.Choice(EXPORT_FORMATS),
+              help="Also write each kept checkpoint as a SavedModel (EXPORT_DIR/savedmodel/STEP, signature "
+                   "serving_default: features -> logits) or, for graph tasks, a frozen GraphDef "
+                   "(EXPORT_DIR/frozen/STEP.pb), with the weights evaluated (the averages). Repeatable.")
+@click.option("--until-step", type=click.IntRange(min=0), metavar="N",
+              help="Stop (exit 0) after evaluating a checkpoint at step N or later.")
+@click.option("--idle-timeout", type=Duration(), metavar="DURATION",
+              help="Stop (exit 0) after nothing new for this long: 90, 90s, 15m, 2h.")
+@click.option("--done-file", metavar="NAME",
+              help="When training writes MODEL_DIR/NAME, evaluate what is pending and stop (exit 0).")
+@click.option("--root", "roots", multiple=True, type=click.Path(file_okay=False, path_type=str), metavar="DIR",
+              help="Serve every directory below DIR (to --depth) that holds a `checkpoint` state file (or Keras "
+                   "weight files), found as runs appear, forgotten when they disappear. Repeatable.")
+@click.option("--depth", type=click.IntRange(min=0, max=20), default=3, show_default=True, metavar="N",
+              help="With --root: how many directory levels below it to look for runs.")
+@click.option("--order", type=click.Choice(ORDERS), default="oldest", show_default=True,
+              help="Which pending checkpoint of a run first: every one oldest step first, or the newest first "
+                   "(behind a fast trainer, the latest numbers now and the older ones after).")
+@log_options
+def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order: str, task_spec: str, db_url: str | None, once: bool, name: str, poll: bool,
+          poll_interval: float, rescan_interval: float, wait_for_dir: bool, ema: bool, ema_name: str,
+          device: str, batch_size: int | None, stop_grace: float, missing_grace: float, retries: int,
+          lease: float, db_wait: float, metrics: tuple[str, ...], summaries: bool, summary_dir: str | None,
+          best_metric: str | None, keep_best: int, export_dir: str | None, exports: tuple[str, ...],
+          until_step: int | None, idle_timeout: float | None, done_file: str | None, log_format: str,
+          log_level: str) -> int:
+    """Evaluate every checkpoint in MODEL_DIR (one or several, or every run below --root), then
+    each new one as training writes it.
+
+    Each checkpoint listed in MODEL_DIR/checkpoint (or on disk beside those listed, and, for a
+    TF2 task, each *.weights.h5 / *.keras file) is restored into the model built once from
+    --task, with the exponential moving averages the trainer kept (Keras use_ema,
+    tf.train.ExponentialMovingAverage; --no-ema for raw weights), run over every validation set
+    the task gives, and recorded as one row: step, metrics (accuracy and loss by default, the
+    task's own and --metric's), examples, timings and status (ok; missing: deleted before it
+    could be read; failed: with the error). A restart resumes where the rows end. Stops on
+    Ctrl-C, SIGTERM or SIGHUP; logs go to stderr.
+
+    A task may define `metrics` (a list of built-in names, or a mapping from a name to a
+    built-in name, a function (labels, outputs) -> per-example values, a keras.metrics.Metric,
+    or a (metric, "max"|"min") pair) and return several validation sets from
+    validation_data() as a mapping from a name to a set; see the README.
+
+    Exit status: 0 stopped (or --once done); 2 configuration error (fix it); 3 --once left
+    something unevaluated (failed rows, unreadable state file, listed files absent); 75 the
+    database or the task's environment failed for now (restart it); 1 a bug.
+
+    \b
+    Examples:
+      evaluator watch ./model_dir --task examples/digits/task.py:TASK
+      evaluator watch /nfs/job1 --task mypkg.eval:TASK --poll --db sqlite:////srv/evals.db
+      evaluator watch ./model_dir --task mypkg.eval:TASK --once    # evaluate what is there, exit
+    """
+    from evaluator import log
+    from evaluator.service import Service
+    from evaluator.store import resolve_url
+
+    log.configure(log_format, log_level)
+
+    model_dirs = tuple(d for d in model_dirs if d)  # systemd's empty $MODEL_DIR of a --root instance
+    if not model_dirs and not roots:
+        raise click.UsageError("give a MODEL_DIR (or several), or --root DIR")
+    options = WatchOptions(
+        model_dir=model_dirs[0] if model_dirs else "", model_dirs=tuple(model_dirs[1:]), roots=tuple(roots),
+        depth=depth, order=order, task=task_spec, db_url=resolve_url(db_url), once=once, poll=poll,
+        poll_interval=poll_interval, rescan_interval=rescan_interval, wait_for_dir=wait_for_dir,
+        ema=ema, ema_name=ema_name, device=device, batch_size=batch_size, stop_grace=stop_grace,
+        name=name, missing_grace=missing_grace, retries=retries, lease=lease, db_wait=db_wait,
+        metrics=tuple(dict.fromkeys(metrics)), summaries=summaries, summary_dir=summary_dir,
+        best_metric=best_metric, keep_best=keep_best, export_dir=export_dir, export=tuple(dict.fromkeys(exports)),
+        until_step=until_step, idle_timeout=idle_timeout, done_file=done_file,
+    )
+    return Service(options).run(own_process=True)
