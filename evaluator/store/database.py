@@ -113,8 +113,9 @@ class Database:
         except (NoSuchModuleError, ValueError) as err:  # ValueError: a malformed name such as "a.b.c"
             raise DatabaseError(f"--db {describe(url)}: unknown database kind {parsed.drivername!r}") from err
         except ImportError as err:
+            hint = "; pip install 'evaluator[postgres]'" if parsed.get_backend_name() == "postgresql" else ""
             raise DatabaseError(
-                f"--db {describe(url)}: the driver for {parsed.drivername!r} is not installed ({err})"
+                f"--db {describe(url)}: the driver for {parsed.drivername!r} is not installed ({err}){hint}"
             ) from err
         return parsed
 

@@ -69,8 +69,10 @@ def test_a_killed_worker_checkpoint_is_taken_over_and_recorded_once(tmp_path: Pa
     second = Daemon(model_dir, pg_url, "--lease", "4", "--log-level", "debug", task=task).start()
     daemons.append(second)
     second.wait_ready()
-    victim = started(first)[0]
     first.stop(signal.SIGKILL)  # mid-evaluation: its claim stays behind
+    # The checkpoint it was evaluating: begun, no row (a slow start of the second may let it finish one).
+    recorded = {r["checkpoint"] for r in read_rows(pg_url)}
+    (victim,) = [key for key in started(first) if key[1] not in recorded]
     rows = second.wait_rows(3, timeout=180)
     assert second.stop() == 0
     assert sorted(r["checkpoint"] for r in rows) == ["model.ckpt-20", "model.ckpt-40", "model.ckpt-60"]
