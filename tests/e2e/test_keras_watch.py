@@ -30,8 +30,10 @@ def test_a_live_custom_loop_with_use_ema(tmp_path: Path, db: Path, daemons: list
     saved = keras_trainer(model_dir, "--steps", "200", "--save-every", "20", "--max-to-keep", "3", "--delay", "0.2")
     rows = daemon.wait_rows(len(saved), timeout=120)
     assert daemon.stop() == 0
-    assert [r["checkpoint"] for r in rows] == saved  # CheckpointManager names: ckpt-1, ckpt-2, ...
-    assert [r["step"] for r in rows] == list(range(20, 201, 20))  # the step: the optimizer's iterations
+    # CheckpointManager names: ckpt-1, ckpt-2, ... each once. In step order, unless a read that came
+    # up short (a save still being written) was retried while the next save was evaluated.
+    assert sorted(r["checkpoint"] for r in rows) == sorted(saved) and len(rows) == len(saved)
+    assert sorted(r["step"] for r in rows) == list(range(20, 201, 20))  # the step: the optimizer's iterations
     assert {(r["status"], r["ema_source"]) for r in rows} == {("ok", "keras")}
     report = run_cli("report", "--db", sqlite_url(db), "--last", "3")
     assert "keras" in report.stdout and "ckpt-10" in report.stdout
