@@ -299,6 +299,10 @@ class Service:
             self.ending.quiet(nothing_pending=not present or all(len(run.backlog) == 0 for run in self.runs.values()))
             if self.ending.reason:
                 break
+            if not present:
+                # Nothing read the wake (evaluate_pending clears it): the event that said the directory
+                # went would otherwise end every wait at once, a busy loop until it comes back.
+                self._wake.clear()
             self._idle(present)
         if self.ending.reason and not self.shutdown.requested:
             self.log.info("training is over; stopping", reason=self.ending.reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -92,3 +93,28 @@ def test_signals_during_shutdown_never_skip_the_clean_end(
     assert daemon.stop() == 0, daemon.log_text()[-2000:]
     events = [e["event"] for e in daemon.events()]
     assert "stopping" in events and events[-1] == "stopped", events[-5:]
+
+
+def test_a_deleted_model_directory_is_waited_for_without_spinning(tmp_path: Path, trained_dir: Path, db: Path,
+                                                                  daemons: list[Daemon]) -> None:
+    """The directory deleted while watching: `watch` waits for it (a look a second), it does not
+    spin. (The event that said it went used to end every wait at once: a core at 100 % for as long
+    as the directory stayed away.)"""
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_dir, model_dir)
+    daemon = Daemon(model_dir, db).start()
+    daemons.append(daemon)
+    daemon.wait_rows(3)
+    shutil.rmtree(model_dir)
+    daemon.wait_event("model directory is missing; waiting for it to appear", timeout=30)
+    assert daemon.process is not None
+    stat = Path(f"/proc/{daemon.process.pid}/stat")
+
+    def cpu() -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = cpu()
+    time.sleep(6)
+    assert cpu() - before < 1.5, f"{cpu() - before:.1f} s of CPU in 6 s while waiting for the directory"
+    assert daemon.stop() == 0
