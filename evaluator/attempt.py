@@ -121,8 +121,8 @@ class Attempts:
             self._act(run, written, held)
             return len(written), stop
         finally:
-            self.heartbeat.holding.clear()  # type: ignore[union-attr]
-            self.heartbeat.evaluating(None)  # type: ignore[union-attr]
+            self.heartbeat.holding.clear()
+            self.heartbeat.evaluating(None)
             for copy in held.values():
                 copy.close()
 
@@ -152,7 +152,7 @@ class Attempts:
         now = utcnow()
         rows = [replace(self._base(run, p, "", now), status=Status.MISSING, error=self._missing_reason(run, p, once),
                         started_at=None) for p in missing]
-        written = self.write("record missing checkpoints", lambda: self.store.record_new(rows),  # type: ignore[union-attr]
+        written = self.write("record missing checkpoints", lambda: self.store.record_new(rows),
                               checkpoint=missing[0].checkpoint.name)
         if written is None:
             return 0
@@ -188,7 +188,6 @@ class Attempts:
         """Claim the checkpoints of `batch` still on disk, in one transaction; the ones now ours (None:
         shutdown came while the database refused writes). Those recorded meanwhile are done; those
         another evaluator holds wait (unless it died on this host)."""
-        assert self.store is not None
         keyed = []
         for pending in batch:
             fingerprint = run.source.fingerprint(pending.checkpoint)
@@ -199,7 +198,7 @@ class Attempts:
         if not keyed:
             return []
         keys = [key for _, key in keyed]
-        claims = self.write("claim the checkpoint", lambda: self.store.claim_many(keys, self.owner, self.options.lease),  # type: ignore[union-attr]
+        claims = self.write("claim the checkpoint", lambda: self.store.claim_many(keys, self.owner, self.options.lease),
                              checkpoint=keys[0].checkpoint)
         if claims is None:
             run.log.warning("stopping while the database refuses writes; the checkpoint runs again at the next "
@@ -219,13 +218,12 @@ class Attempts:
     def _release(self, keys: list[CheckpointKey]) -> None:
         """Give back claims this evaluator will not evaluate now (another may take them at once)."""
         for key in keys:
-            self.write("release the claim", lambda k=key: self.store.release_claims(self.owner, k),  # type: ignore[union-attr]
+            self.write("release the claim", lambda k=key: self.store.release_claims(self.owner, k),
                         checkpoint=key.checkpoint)
 
     def _attempt(self, run: Run, pending: Pending, key: CheckpointKey, held: Held) -> Evaluation | None:
         """Evaluate one claimed checkpoint; None when it stays pending (a short read or a fault to
         retry: its claim is given back)."""
-        assert self.heartbeat is not None
         ckpt = pending.checkpoint
         self.heartbeat.holding.set()  # until the batch's rows are written
         self.heartbeat.evaluating(ckpt.path)
@@ -248,12 +246,11 @@ class Attempts:
     def _take_over_from_the_dead(self, run: Run, key: CheckpointKey) -> bool:
         """Take a claim whose holder was a process on this host that is gone (`kill -9`, then a
         restart): no need to wait for its lease to expire."""
-        assert self.store is not None
-        holder = self.write("read the claim", lambda: self.store.holder(key), checkpoint=key.checkpoint)  # type: ignore[union-attr]
+        holder = self.write("read the claim", lambda: self.store.holder(key), checkpoint=key.checkpoint)
         if not holder or not died_here(holder):
             return False
         taken = self.write("take over the claim",
-                            lambda: self.store.take_over(key, holder, self.owner, self.options.lease),  # type: ignore[union-attr]
+                            lambda: self.store.take_over(key, holder, self.owner, self.options.lease),
                             checkpoint=key.checkpoint)
         if taken:
             run.log.info("took over the claim of an evaluator that died on this host", checkpoint=key.checkpoint,
@@ -264,7 +261,6 @@ class Attempts:
         """Restore and validate one checkpoint: its row (ok, failed, missing). Raises
         CheckpointIncomplete, EvaluationFault and Abandoned for the caller to decide. `path`: the held
         copy to restore from (a local source: the checkpoint itself)."""
-        assert self.model is not None
         ckpt = pending.checkpoint
         self.notifier.status(f"evaluating {ckpt.name} ({len(run.backlog)} pending)")
         run.log.debug("evaluation started", checkpoint=ckpt.name, owner=self.owner)
@@ -336,7 +332,7 @@ class Attempts:
         None when shutdown came first (no row: the checkpoints run again at the next start)."""
         evaluations = [evaluation for _, evaluation in results]
         written = self.write("record the evaluation",
-                              lambda: self.store.record_new(evaluations, self.owner),  # type: ignore[union-attr]
+                              lambda: self.store.record_new(evaluations, self.owner),
                               checkpoint=evaluations[0].checkpoint)
         if written is None:
             run.log.error("stopping with an unrecorded result; the checkpoint runs again at the next start",
