@@ -113,7 +113,7 @@ class Service:
                       mode="once" if self.options.once else ("poll" if self.options.poll else "events"), **where)
         log.quiet_tensorflow()
         self.model = self._build(load_task(self.options.task))
-        check_actions(self.options, self.model, several=not self.single)
+        check_actions(self.options, self.model, self.directories, several=not self.single)
         self.store = Store.prepare(self.options.db_url, wait=self.options.db_wait, on_retry=self._db_retry)
         self.heartbeat = Heartbeat(self.store, self.owner, self.options.lease)
         self.attempts = Attempts(self.options, store=self.store, model=self.model, heartbeat=self.heartbeat,
@@ -155,7 +155,7 @@ class Service:
         self._check_settings(run)
         if not self.single:
             run.log.info("serving this model directory", recorded=run.backlog.recorded_count())
-        run.actions = build_actions(self.options, directory, self.model, run.log, several=not self.single)
+        run.actions = build_actions(self.options, directory, self.model, run.log, self.store, several=not self.single)
         self._catch_up(run)
         if not self.options.once:
             run.watch(self._wake.set, self._busy)
