@@ -98,19 +98,20 @@ class BestExport:
     def after_many(self, recorded: list[Recorded]) -> None:
         """Rows just written: decide again, unless none of them can enter what is kept."""
         ours = {one.evaluation.checkpoint: one for one in recorded if one.evaluation.status is Status.OK}
-        if not ours or not (self._stale or any(self._may_enter(one.evaluation) for one in ours.values())):
+        if not ours:
             return
-        self._decide(ours)
+        manifest = _load(self.directory)
+        if self._stale or any(self._may_enter(one.evaluation, manifest) for one in ours.values()):
+            self._decide(ours)
 
     def close(self) -> None:
         pass
 
     # -- deciding ---------------------------------------------------------------------------------
 
-    def _may_enter(self, row: Evaluation) -> bool:
+    def _may_enter(self, row: Evaluation, manifest: Manifest) -> bool:
         """False only when best.json (as any worker last wrote it) holds `keep` checkpoints, all better
         (or the row itself, its exports written)."""
-        manifest = _load(self.directory)
         if manifest.goal is None or len(manifest.kept) < self.keep or manifest.unavailable:
             return True
         name = os.path.basename(row.checkpoint)
