@@ -28,14 +28,20 @@ def make(session: tf.compat.v1.Session, fetches: list[tf.Tensor], targets: list[
     make_from_options = getattr(session, "_make_callable_from_options", None)
     if make_from_options is None:  # a TensorFlow without it: session.run, as before
         return _plain(session, fetches, targets, feeds)
+    # A fetch that is also fed (a metric of the labels themselves) is the value fed, as session.run
+    # gives it; a callable refuses to fetch what it feeds.
+    fed = [feed.name for feed in feeds]
+    echoed = {index: fed.index(fetch.name) for index, fetch in enumerate(fetches) if fetch.name in fed}
     options = config_pb2.CallableOptions()
-    options.feed.extend(feed.name for feed in feeds)
-    options.fetch.extend(fetch.name for fetch in fetches)
+    options.feed.extend(fed)
+    options.fetch.extend(fetch.name for index, fetch in enumerate(fetches) if index not in echoed)
     options.target.extend(target if isinstance(target, str) else target.name for target in targets)
     run = make_from_options(options)
 
     def call(*values: Any) -> list[Any]:
-        return run(*(_as(value, dtype) for value, dtype in zip(values, dtypes)))
+        arrays = [_as(value, dtype) for value, dtype in zip(values, dtypes)]
+        results = iter(run(*arrays))
+        return [arrays[echoed[index]] if index in echoed else next(results) for index in range(len(fetches))]
 
     return call
 
