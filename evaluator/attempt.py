@@ -295,7 +295,7 @@ class Attempts:
         if not growing or pending.short_reads >= MAX_SHORT_READS:
             return False
         delay = min(0.5 * 2 ** (pending.short_reads - 1), 8.0)
-        run.log.info("checkpoint read came up short; still being written? will retry",
+        run.log.info("checkpoint still being written (a read came up short, or it changed while read); will retry",
                      checkpoint=pending.checkpoint.name, error=str(err), retry_in=delay, tries=pending.short_reads)
         run.backlog.defer(pending, delay)
         return True

@@ -116,7 +116,7 @@ def test_data_still_growing_when_the_state_file_lists_it(tmp_path: Path, trained
     (row,) = daemon.wait_rows(1, timeout=60)
     assert daemon.stop() == 0
     assert row["status"] == "ok", row["error"]
-    short = [e for e in daemon.events() if e["event"].startswith("checkpoint read came up short")]
+    short = [e for e in daemon.events() if e["event"].startswith("checkpoint still being written")]
     assert short, "the first read should have come up short"
     record_property("detail", f"{len(short)} short reads retried while the data grew, then ok")
 
