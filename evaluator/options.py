@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evaluator.checkpoints import EMA_NAME
 from evaluator.evaluation import DEFAULT_NAME
+
+if TYPE_CHECKING:  # pragma: no cover
+    from evaluator.nocode import NoCode
 
 DEVICES = ("auto", "cpu", "gpu")
 LOG_FORMATS = ("auto", "console", "json")
@@ -85,6 +88,9 @@ class WatchOptions:
     until_step: int | None = None
     idle_timeout: float | None = None
     done_file: str | None = None
+    #: The no-code mode (--meta-graph, --savedmodel, --frozen-graph) standing for a task; `task` then
+    #: describes it.
+    nocode: NoCode | None = None
 
     @property
     def directories(self) -> list[str]:

@@ -108,9 +108,7 @@ class Restorer:
             if not variables:
                 raise TaskError("inference() created no variables: there is nothing to restore")
             if ema:
-                # Built after the model, in this graph, so each name is `<var>/<ema_name>`.
-                average = tf.compat.v1.train.ExponentialMovingAverage(decay=0.0, name=ema_name)
-                self._wanted: dict[str, tf.Variable] = average.variables_to_restore()
+                self._wanted: dict[str, tf.Variable] = ema_map(ema_name)
             else:
                 self._wanted = {v.op.name: v for v in variables}
         self._ops: dict[tuple[Any, ...], _RestoreOps] = {}
@@ -184,6 +182,24 @@ class Restorer:
                               has_step=step_key is not None)
             self._ops[cache_key] = ops
         return ops
+
+
+def ema_map(ema_name: str) -> dict[str, tf.Variable]:
+    """Checkpoint key -> variable of the default graph, each averaged variable (trainable, or in
+    MOVING_AVERAGE_VARIABLES) from `<var>/<ema_name>`: `ExponentialMovingAverage.variables_to_restore()`.
+
+    Built after the model, in a graph of the task's code, its names are right as they come. A graph
+    imported from the trainer's `.meta` holds the averages themselves: `variables_to_restore()` then
+    names each one `<var>/<ema_name>_1` (the graph's unique_name) and maps the shadows to themselves.
+    The names are set back to the trainer's, and the shadows dropped (nothing reads them)."""
+    average = tf.compat.v1.train.ExponentialMovingAverage(decay=0.0, name=ema_name)
+    wanted = average.variables_to_restore()
+    averaged = {v.ref() for v in (*tf.compat.v1.trainable_variables(), *tf.compat.v1.moving_average_variables())}
+    fixed = {f"{var.op.name}/{ema_name}": var for var in wanted.values() if var.ref() in averaged}
+    for key, var in wanted.items():
+        if var.ref() not in averaged and key not in fixed:
+            fixed[key] = var
+    return fixed
 
 
 def read_error(checkpoint: checkpoints.Checkpoint, err: BaseException) -> Exception:

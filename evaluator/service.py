@@ -112,7 +112,10 @@ class Service:
                       name=self.options.name, device=self.options.device, ema=self.options.ema,
                       mode="once" if self.options.once else ("poll" if self.options.poll else "events"), **where)
         log.quiet_tensorflow()
-        self.model = self._build(load_task(self.options.task))
+        task = self._task()
+        if task is None:  # stopped while waiting for the graph
+            return
+        self.model = self._build(task)
         check_actions(self.options, self.model, several=not self.single)
         self.store = Store.prepare(self.options.db_url, wait=self.options.db_wait, on_retry=self._db_retry)
         self.heartbeat = Heartbeat(self.store, self.owner, self.options.lease)
@@ -127,6 +130,30 @@ class Service:
                       recorded=sum(run.backlog.recorded_count() for run in self.runs.values()))
         self.heartbeat.start()
         self.notifier.ready(self._status_line())
+
+    def _task(self) -> Any:
+        """The task: --task's object, or the one the no-code options stand for. --meta-graph waits for
+        the first checkpoint's `.meta` (None if stopped meanwhile; with --once, ConfigError)."""
+        request = self.options.nocode
+        if request is None:
+            return load_task(self.options.task)
+        from evaluator import nocode
+
+        meta = None
+        if request.mode == nocode.META_GRAPH:
+            said = False
+            while (meta := nocode.first_meta(self.directories[0])) is None:
+                if self.options.once:
+                    raise ConfigError(f"--meta-graph: no checkpoint with a .meta file in {self.directories[0]} "
+                                      "(tf.compat.v1.train.Saver writes one beside each checkpoint)")
+                if not said:
+                    self.log.info("waiting for the first checkpoint's .meta to import the graph")
+                    self.notifier.status(f"waiting for a checkpoint in {self.directories[0]}")
+                    said = True
+                if self.shutdown.wait(MISSING_DIR_TICK):
+                    return None
+            self.log.info("importing the graph", meta_graph=os.path.basename(meta))
+        return nocode.task(request, self.directories[0], meta)
 
     def _check_directories(self) -> None:
         if not self.single and (self.options.until_step is not None or self.options.done_file):

@@ -1,0 +1,143 @@
+"""End to end, as a user without a task file runs it: `watch MODEL_DIR --meta-graph --input ...
+--output ... --data FILE --once`, then `report --format json`; and the one-line errors (text and
+exit status) of what cannot work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import (
+    DIGITS_TASK,
+    Daemon,
+    error_lines,
+    read_rows,
+    run_cli,
+    saved_by,
+    sqlite_url,
+    start_trainer,
+    train,
+)
+from tests.test_cli import one_line_error
+from tests.test_nocode import LOGITS, digits_data, numpy_accuracy
+
+pytestmark = pytest.mark.slow
+META = ("--meta-graph", "--input", "x-input:0", "--output", LOGITS)
+
+
+@pytest.fixture
+def valid_npz(tmp_path: Path) -> Path:
+    path = tmp_path / "valid.npz"
+    images, labels = digits_data.validation()
+    np.savez(path, x=images, y=labels)
+    return path
+
+
+def report(db: Path) -> list[dict]:  # type: ignore[type-arg]
+    result = run_cli("report", "--db", sqlite_url(db), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_meta_graph_with_and_without_ema(tmp_path: Path, db: Path, valid_npz: Path) -> None:
+    model_dir = tmp_path / "model"
+    train(model_dir, steps=60, save_every=20)
+    base = ["watch", str(model_dir), *META, "--data", str(valid_npz), "--db", sqlite_url(db), "--once"]
+    done = run_cli(*base, "--log-format", "json")
+    assert done.returncode == 0, done.stderr
+    raw = run_cli(*base, "--no-ema", "--name", "raw")
+    assert raw.returncode == 0, raw.stderr
+    rows = report(db)
+    by_name = {(r["name"], r["checkpoint"]): r for r in rows}
+    assert len(rows) == 6
+    for step in (20, 40, 60):
+        prefix = str(model_dir / f"model.ckpt-{step}")
+        averaged, plain = by_name[("default", f"model.ckpt-{step}")], by_name[("raw", f"model.ckpt-{step}")]
+        assert (averaged["status"], averaged["step"], averaged["ema"], averaged["examples"]) == ("ok", step, True, 360)
+        assert averaged["accuracy"] == pytest.approx(numpy_accuracy(prefix, ema=True), abs=1e-6)  # stored as float32
+        assert (plain["status"], plain["ema"]) == ("ok", False)
+        assert plain["accuracy"] == pytest.approx(numpy_accuracy(prefix, ema=False), abs=1e-6)
+    assert (model_dir / "export" / "best" / "checkpoint").exists()  # the best kept, as for a task
+    assert list((model_dir / "eval").glob("events.out.tfevents.*"))  # and the summaries
+    again = run_cli(*base)  # exactly once: nothing is evaluated again
+    assert again.returncode == 0 and len(read_rows(db)) == 6
+
+
+def test_named_sets_and_a_checkpoint_of_another_graph(tmp_path: Path, db: Path, valid_npz: Path) -> None:
+    model_dir = tmp_path / "model"
+    train(model_dir, steps=40, save_every=20)
+    other = tmp_path / "other"
+    train(other, steps=20, save_every=20, hidden_units=16)
+    for path in other.glob("model.ckpt-20.*"):
+        shutil.copy(path, model_dir / path.name.replace("-20", "-80"))
+    images, labels = digits_data.validation()
+    np.savez(tmp_path / "half.npz", pixels=images[:100], digits=labels[:100])
+    np.savez(tmp_path / "full.npz", pixels=images, digits=labels)
+    done = run_cli("watch", str(model_dir), *META, "--data", f"full={tmp_path / 'full.npz'}", "--data",
+                   f"half={tmp_path / 'half.npz'}", "--data-keys", "pixels,digits", "--db", sqlite_url(db), "--once")
+    assert done.returncode == 3, done.stderr  # --once: a failed row
+    rows = {r["checkpoint"]: r for r in report(db)}
+    assert [rows[f"model.ckpt-{s}"]["status"] for s in (20, 40)] == ["ok", "ok"]
+    assert list(rows["model.ckpt-20"]["metrics"]) == ["full", "half"]
+    assert rows["model.ckpt-20"]["metrics"]["half"]["examples"] == 100
+    failed = rows["model.ckpt-80"]
+    assert failed["status"] == "failed"
+    assert failed["error"] == ("model.ckpt-80.meta is another graph than the one imported from model.ckpt-20.meta "
+                               "(--meta-graph imports one graph): evaluate it with a --name of its own, or a task")
+
+
+def test_errors_at_start(tmp_path: Path, db: Path, valid_npz: Path) -> None:
+    model_dir = tmp_path / "model"
+    train(model_dir, steps=20, save_every=20)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    wide = tmp_path / "wide.npz"
+    np.savez(wide, x=np.zeros((4, 10), np.float32), y=np.zeros(4, np.int64))
+    data = ["--data", str(valid_npz)]
+    base = ["--db", sqlite_url(db), "--once"]
+    cases = [
+        (["watch", str(model_dir), "--meta-graph", "--input", "x-inptu:0", "--output", LOGITS, *data, *base],
+         "--input x-inptu:0: no such tensor in model.ckpt-20.meta; nearest: x-input:0, y-input:0, init:0"),
+        (["watch", str(model_dir), "--meta-graph", "--input", "x-input:0", "--output", "layer2/ad:0", *data, *base],
+         "--output layer2/ad:0: no such tensor in model.ckpt-20.meta; nearest: layer2/add:0, layer1/add:0, "
+         "layer2/biases:0, layer2/MatMul:0, layer1/biases:0"),
+        (["watch", str(model_dir), *META, "--data", str(wide), *base],
+         f"--data {wide}: the features are [10] per example, but the input x-input:0 takes [?, 64] (batch first)"),
+        (["watch", str(model_dir), *META, *data, "--task", DIGITS_TASK, *base],
+         "--task and --meta-graph exclude each other: --meta-graph builds the task from the model directory "
+         "and --data"),
+        (["watch", str(model_dir), *data, *base],
+         "--data is for the no-code modes: add --meta-graph, --savedmodel or --frozen-graph (or drop it and give "
+         "--task)"),
+        (["watch", str(model_dir), *base],
+         "give --task SPEC (the model and data in Python), or a no-code mode: --meta-graph, --savedmodel or "
+         "--frozen-graph with --data FILE"),
+        (["watch", str(empty), *META, *data, *base],
+         f"--meta-graph: no checkpoint with a .meta file in {empty} (tf.compat.v1.train.Saver writes one beside "
+         "each checkpoint)"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args)
+        one_line_error(result, message)
+        assert error_lines(result.stderr) == [message]
+    assert not db.exists()  # a configuration error writes nothing
+
+
+def test_started_before_training_it_waits_for_the_graph(tmp_path: Path, db: Path, valid_npz: Path,
+                                                         daemons: list[Daemon]) -> None:
+    model_dir = tmp_path / "model"
+    daemon = Daemon(model_dir, db, "--wait-for-dir")
+    daemon.command = [*daemon.command[:daemon.command.index("--task")], *META, "--data", str(valid_npz),
+                      *daemon.command[daemon.command.index("--task") + 2:]]
+    daemons.append(daemon.start())
+    daemon.wait_event("waiting for the first checkpoint's .meta to import the graph")
+    saved = saved_by(start_trainer(model_dir, "--steps", "80", "--save-every", "20", "--max-to-keep", "10"))
+    rows = daemon.wait_rows(4)
+    assert daemon.stop() == 0
+    assert [r["checkpoint"] for r in rows] == saved and all(r["status"] == "ok" for r in rows)
+    assert [r["accuracy"] for r in rows] == pytest.approx(
+        [numpy_accuracy(str(model_dir / name), ema=True) for name in saved], abs=1e-6)

@@ -1,0 +1,211 @@
+"""nocode, datafiles, models/imported: the no-code options, the --data files, and the graph imported
+from a checkpoint's `.meta`, checked against numpy computations over the checkpoint's own tensors."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluator import nocode
+from evaluator.errors import CheckpointError, ConfigError, TaskError
+from tests.conftest import DIGITS, train
+
+sys.path.insert(0, str(DIGITS))
+import digits_data  # noqa: E402
+
+LOGITS = "layer2/add:0"
+
+
+def parse(**given: object) -> nocode.NoCode | None:
+    options: dict[str, object] = dict(meta_graph=False, savedmodel=False, frozen_graph=False, input_name=None,
+                                      output_name=None, signature=None, data=(), data_keys=None, feature=None,
+                                      label=None, task=None, locations=1, roots=0)
+    options.update(given)
+    return nocode.parse(**options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def valid_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "valid.npz"
+    images, labels = digits_data.validation()
+    np.savez(path, x=images, y=labels)
+    return path
+
+
+@pytest.fixture(scope="module")
+def meta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model_dir = tmp_path_factory.mktemp("meta") / "model"
+    train(model_dir, relative_paths=True)
+    return model_dir
+
+
+def numpy_accuracy(prefix: str, ema: bool) -> float:
+    """The digits network computed in numpy from the checkpoint's tensors (the averages with `ema`)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(prefix)
+    suffix = "/ExponentialMovingAverage" if ema else ""
+    w1, b1, w2, b2 = (reader.get_tensor(f"{name}{suffix}") for name in
+                      ("layer1/weights", "layer1/biases", "layer2/weights", "layer2/biases"))
+    images, labels = digits_data.validation()
+    logits = np.maximum(images @ w1 + b1, 0) @ w2 + b2
+    return float(np.mean(logits.argmax(axis=1) == labels))
+
+
+# -- the options -------------------------------------------------------------------------------
+
+def test_a_task_run_is_not_no_code() -> None:
+    assert parse(task="x.py:T") is None
+
+
+@pytest.mark.parametrize(("given", "fragment"), [
+    ({}, "give --task SPEC (the model and data in Python), or a no-code mode"),
+    ({"data": ("v.npz",)}, "--data is for the no-code modes: add --meta-graph"),
+    ({"meta_graph": True, "task": "x.py:T", "data": ("v.npz",)}, "--task and --meta-graph exclude each other"),
+    ({"meta_graph": True, "input_name": "x", "output_name": "y"}, "--meta-graph needs the validation data"),
+    ({"meta_graph": True, "data": ("v.npz",), "output_name": "y"}, "--meta-graph needs --input: the tensor names"),
+    ({"meta_graph": True, "data": ("v.npz",), "input_name": "x", "output_name": "y", "locations": 2},
+     "--meta-graph evaluates one model directory"),
+    ({"meta_graph": True, "data": ("a.npz", "b.npz"), "input_name": "x", "output_name": "y"},
+     "several --data make named validation sets"),
+])
+def test_options_that_cannot_work(given: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(**given)
+    assert fragment in str(err.value)
+
+
+def test_data_files_and_names(tmp_path: Path, valid_npz: Path) -> None:
+    request = parse(meta_graph=True, input_name="x-input", output_name=LOGITS, data=(f"clean={valid_npz}",
+                                                                                      f"again={valid_npz}"))
+    assert request is not None and request.input_name == "x-input:0" and request.output_name == LOGITS
+    assert [f.name for f in request.data.files] == ["clean", "again"] and request.data.named
+    with pytest.raises(ConfigError, match=f"--data: file {tmp_path}/none.npz does not exist"):
+        parse(meta_graph=True, input_name="x", output_name="y", data=(str(tmp_path / "none.npz"),))
+    record = tmp_path / "valid.tfrecord"
+    record.write_bytes(b"")
+    with pytest.raises(ConfigError, match="needs --feature NAME:SHAPE:DTYPE and --label NAME"):
+        parse(meta_graph=True, input_name="x", output_name="y", data=(str(record),))
+    with pytest.raises(ConfigError, match="SHAPE must be positive whole numbers"):
+        parse(meta_graph=True, input_name="x", output_name="y", data=(str(record),), feature="p:a:float32",
+              label="l")
+
+
+# -- the data files ----------------------------------------------------------------------------
+
+def test_npz_with_other_keys_and_tfrecord_read_the_same_arrays(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from evaluator.datafiles import read_npz, read_tfrecord
+
+    images, labels = digits_data.validation()
+    np.savez(tmp_path / "v.npz", images=images, labels=labels)
+    got = read_npz(str(tmp_path / "v.npz"), ("images", "labels"))
+    assert np.array_equal(got[0], images) and np.array_equal(got[1], labels)
+    with pytest.raises(TaskError, match=r"has no array 'x' \(it has images, labels\); give --data-keys"):
+        read_npz(str(tmp_path / "v.npz"), ("x", "y"))
+    path = tmp_path / "v.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for image, label in zip(images, labels):
+            example = tf.train.Example(features=tf.train.Features(feature={
+                "pixels": tf.train.Feature(float_list=tf.train.FloatList(value=image.reshape(-1))),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}))
+            writer.write(example.SerializeToString())
+    features, read_labels = read_tfrecord(str(path), nocode.FeatureSpec.parse("pixels:8,8:float32"), "label")
+    assert features.shape == (len(labels), 8, 8) and np.array_equal(features.reshape(len(labels), -1), images)
+    assert np.array_equal(read_labels, labels)
+    with pytest.raises(TaskError, match=r"example 0 has no feature 'image' \(it has label, pixels\)"):
+        read_tfrecord(str(path), nocode.FeatureSpec.parse("image:64:float32"), "label")
+    with pytest.raises(TaskError, match="example 0 has 64 values of 'pixels', --feature says shape \\[10\\]"):
+        read_tfrecord(str(path), nocode.FeatureSpec.parse("pixels:10:float32"), "label")
+
+
+# -- the imported graph ------------------------------------------------------------------------
+
+def build(meta_dir: Path, data: Path, *, ema: bool = True, input_name: str = "x-input:0",
+          output_name: str = LOGITS):  # type: ignore[no-untyped-def]
+    from evaluator import models
+
+    request = parse(meta_graph=True, input_name=input_name, output_name=output_name, data=(str(data),))
+    assert request is not None
+    meta = nocode.first_meta(str(meta_dir))
+    assert meta is not None and meta.endswith("model.ckpt-20.meta")
+    task = nocode.task(request, str(meta_dir), meta)
+    return models.build(task, device="cpu", ema=ema)
+
+
+@pytest.mark.parametrize("ema", [True, False], ids=["ema", "raw"])
+def test_accuracy_is_numpy_over_the_checkpoint_tensors(meta_dir: Path, valid_npz: Path, ema: bool) -> None:
+    from evaluator import checkpoints
+
+    model = build(meta_dir, valid_npz, ema=ema)
+    try:
+        for ckpt in checkpoints.read_state(str(meta_dir)).checkpoints:
+            outcome = model.evaluate(ckpt)
+            assert outcome.step == ckpt.name_step
+            assert outcome.ema_source == ("tf1-names" if ema else "none")
+            assert outcome.metrics.accuracy == pytest.approx(numpy_accuracy(ckpt.path, ema), abs=1e-9)
+    finally:
+        model.close()
+
+
+def test_the_graph_is_imported_once(meta_dir: Path, valid_npz: Path) -> None:
+    from evaluator import checkpoints
+
+    model = build(meta_dir, valid_npz)
+    try:
+        listed = checkpoints.read_state(str(meta_dir)).checkpoints
+        model.evaluate(listed[0])
+        before = model.operations
+        for ckpt in listed:
+            model.evaluate(ckpt)
+        assert model.operations == before
+    finally:
+        model.close()
+
+
+def test_a_checkpoint_of_another_graph_fails(tmp_path: Path, meta_dir: Path, valid_npz: Path) -> None:
+    from evaluator import checkpoints
+
+    other = tmp_path / "other"
+    train(other, steps=20, save_every=20, hidden_units=16)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(meta_dir, mixed)
+    for path in other.glob("model.ckpt-20.*"):
+        shutil.copy(path, mixed / path.name.replace("-20", "-80"))
+    model = build(mixed, valid_npz)
+    try:
+        ckpt = checkpoints.at(str(mixed), "model.ckpt-80")
+        assert ckpt is not None
+        with pytest.raises(CheckpointError) as err:
+            model.evaluate(ckpt)
+        assert str(err.value) == ("model.ckpt-80.meta is another graph than the one imported from "
+                                  "model.ckpt-20.meta (--meta-graph imports one graph): evaluate it with a "
+                                  "--name of its own, or a task")
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize(("names", "message"), [
+    ({"input_name": "x-inptu:0"}, "--input x-inptu:0: no such tensor in model.ckpt-20.meta; nearest: x-input:0"),
+    ({"output_name": "layer2/ad:0"}, "--output layer2/ad:0: no such tensor in model.ckpt-20.meta; nearest: "
+                                     "layer2/add:0"),
+])
+def test_a_tensor_not_in_the_graph_names_the_nearest(meta_dir: Path, valid_npz: Path, names: dict[str, str],
+                                                     message: str) -> None:
+    with pytest.raises(TaskError) as err:
+        build(meta_dir, valid_npz, **names)
+    assert str(err.value).startswith(message)
+
+
+def test_data_that_does_not_fit_the_input(tmp_path: Path, meta_dir: Path) -> None:
+    path = tmp_path / "wide.npz"
+    np.savez(path, x=np.zeros((4, 10), np.float32), y=np.zeros(4, np.int64))
+    with pytest.raises(TaskError) as err:
+        build(meta_dir, path)
+    assert str(err.value) == (f"--data {path}: the features are [10] per example, but the input x-input:0 "
+                              "takes [?, 64] (batch first)")
