@@ -211,17 +211,44 @@ def first_meta(model_dir: str) -> str | None:
     return first.path + ".meta"
 
 
-def task(request: NoCode, model_dir: str, meta_path: str | None = None) -> Any:
-    """The task the request stands for (imports TensorFlow): a graph task for --meta-graph (from
-    `meta_path`), an artifact task for --savedmodel and --frozen-graph."""
+#: What the model is built from, as the log says while waiting for it.
+WAITING_FOR = {META_GRAPH: "the first checkpoint's .meta", SAVEDMODEL: "the first SavedModel version",
+               FROZEN: "the first frozen graph (.pb)"}
+
+
+def first(request: NoCode, location: str) -> str | None:
+    """What the model is built from: the first checkpoint's `.meta`, or the first export; None yet."""
+    if request.mode == META_GRAPH:
+        return first_meta(location)
+    from evaluator.sources.artifacts import ArtifactDirectory
+
+    source = ArtifactDirectory(location, request.mode)
+    found = [c for c in source.listed().checkpoints if source.complete(c)]
+    return found[0].path if found else None
+
+
+def nothing_yet(request: NoCode, location: str) -> str:
+    """The error of `--once` where there is nothing to build the model from."""
+    if request.mode == META_GRAPH:
+        return (f"--meta-graph: no checkpoint with a .meta file in {location} (tf.compat.v1.train.Saver writes "
+                "one beside each checkpoint)")
+    if request.mode == SAVEDMODEL:
+        return (f"--savedmodel: no SavedModel in {location} (a saved_model.pb there, or in numbered version "
+                "directories 1/, 2/, ...)")
+    return f"--frozen-graph: no .pb file in {location}"
+
+
+def task(request: NoCode, first_path: str) -> Any:
+    """The task the request stands for (imports TensorFlow): a graph task for --meta-graph (from the
+    `.meta` at `first_path`), an artifact task for --savedmodel and --frozen-graph (its first export)."""
     from evaluator.datafiles import DataReader
 
     reader = DataReader(request.data)
     if request.mode == META_GRAPH:
         from evaluator.models.imported import MetaGraphTask
 
-        assert meta_path is not None and request.input_name and request.output_name
-        return MetaGraphTask(meta_path, request.input_name, request.output_name, reader)
+        assert request.input_name and request.output_name
+        return MetaGraphTask(first_path, request.input_name, request.output_name, reader)
     from evaluator.models.artifact import ArtifactTask
 
-    return ArtifactTask(request, reader)
+    return ArtifactTask(request, reader, first_path)

@@ -132,28 +132,26 @@ class Service:
         self.notifier.ready(self._status_line())
 
     def _task(self) -> Any:
-        """The task: --task's object, or the one the no-code options stand for. --meta-graph waits for
-        the first checkpoint's `.meta` (None if stopped meanwhile; with --once, ConfigError)."""
+        """The task: --task's object, or the one the no-code options stand for, built from the first
+        checkpoint's `.meta` (--meta-graph) or the first export (--savedmodel, --frozen-graph): it is
+        waited for (None if stopped meanwhile; with --once, ConfigError)."""
         request = self.options.nocode
         if request is None:
             return load_task(self.options.task)
         from evaluator import nocode
 
-        meta = None
-        if request.mode == nocode.META_GRAPH:
-            said = False
-            while (meta := nocode.first_meta(self.directories[0])) is None:
-                if self.options.once:
-                    raise ConfigError(f"--meta-graph: no checkpoint with a .meta file in {self.directories[0]} "
-                                      "(tf.compat.v1.train.Saver writes one beside each checkpoint)")
-                if not said:
-                    self.log.info("waiting for the first checkpoint's .meta to import the graph")
-                    self.notifier.status(f"waiting for a checkpoint in {self.directories[0]}")
-                    said = True
-                if self.shutdown.wait(MISSING_DIR_TICK):
-                    return None
-            self.log.info("importing the graph", meta_graph=os.path.basename(meta))
-        return nocode.task(request, self.directories[0], meta)
+        said = False
+        while (first := nocode.first(request, self.directories[0])) is None:
+            if self.options.once:
+                raise ConfigError(nocode.nothing_yet(request, self.directories[0]))
+            if not said:
+                self.log.info(f"waiting for {nocode.WAITING_FOR[request.mode]} to build the model from")
+                self.notifier.status(f"waiting for {nocode.WAITING_FOR[request.mode]} in {self.directories[0]}")
+                said = True
+            if self.shutdown.wait(MISSING_DIR_TICK):
+                return None
+        self.log.info("building the model from", first=first)
+        return nocode.task(request, first)
 
     def _check_directories(self) -> None:
         if not self.single and (self.options.until_step is not None or self.options.done_file):
@@ -176,7 +174,7 @@ class Service:
         """Start serving a model directory: its rows, its actions (caught up), its watcher."""
         assert self.store is not None and self.model is not None and self.heartbeat is not None
         source = open_source(directory, weight_files=self.model.reads_weight_files, poll=self.options.poll,
-                             poll_interval=self.options.poll_interval)
+                             poll_interval=self.options.poll_interval, artifact=self.model.artifact)
         run = Run(source, grace=self.options.missing_grace, name=self.options.name, on_new=self.ending.activity)
         run.load_rows(self.store)
         self._check_settings(run)

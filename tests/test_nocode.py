@@ -134,7 +134,7 @@ def build(meta_dir: Path, data: Path, *, ema: bool = True, input_name: str = "x-
     assert request is not None
     meta = nocode.first_meta(str(meta_dir))
     assert meta is not None and meta.endswith("model.ckpt-20.meta")
-    task = nocode.task(request, str(meta_dir), meta)
+    task = nocode.task(request, meta)
     return models.build(task, device="cpu", ema=ema)
 
 

@@ -35,6 +35,9 @@ def _per_run(directory: str, model_dir: str, several: bool) -> str:
 
 def check_actions(options: WatchOptions, model: Any, several: bool = False) -> None:
     """ConfigError for what the actions asked for cannot do with this model (before the database)."""
+    if options.export and model.artifact is not None:
+        raise ConfigError(f"--export does not apply to --{model.artifact}: the exported models are kept where "
+                          "they are")
     if options.keep_best > 0:
         check_best_metric(options.best_metric, model)
         if "frozen" in options.export and model.kind != "graph":
@@ -49,7 +52,7 @@ def build_actions(options: WatchOptions, model_dir: str, model: Any, log: Any, s
         from evaluator.actions.summaries import Summaries
 
         actions.append(Summaries(summary_dir(options, model_dir, several), log))
-    if options.keep_best > 0:
+    if options.keep_best > 0 and model.artifact is None:  # exported models stay where they are
         from evaluator.actions.export import BestExport
 
         actions.append(BestExport(export_dir(options, model_dir, several), model_dir, options.best_metric,

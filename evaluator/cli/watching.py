@@ -15,15 +15,27 @@ from evaluator.options import DEVICES, METRIC_NAMES, ORDERS, WatchOptions
               help="The model and validation data: package.module:NAME or path/to/file.py:NAME, an "
                    "object with validation_data() and either model() (TF2: a Keras 3 model or tf.Module) "
                    "or inference(features) -> logits (tf.compat.v1 graph code). Or, without code, "
-                   "--meta-graph with --data.")
+                   "--meta-graph, --savedmodel or --frozen-graph with --data.")
 @click.option("--meta-graph", is_flag=True,
               help="No code: import the trainer's graph from the first checkpoint's .meta (tf.compat.v1 Saver) "
                    "and evaluate --output fed --input with --data; EMA as for tasks. E.g. --meta-graph --input "
                    "x-input:0 --output layer2/add:0 --data valid.npz")
+@click.option("--savedmodel", is_flag=True,
+              help="No code: MODEL_DIR holds numbered SavedModel versions (1/, 2/, ... as TF Serving reads them; "
+                   "or is one SavedModel): each version is evaluated once, its step the version number unless it "
+                   "carries a global_step. E.g. --savedmodel --data valid.npz")
+@click.option("--frozen-graph", is_flag=True,
+              help="No code: MODEL_DIR holds frozen GraphDef files (*.pb, from freeze_graph or "
+                   "convert_variables_to_constants), each evaluated once, its step the last number in its name. "
+                   "E.g. --frozen-graph --input x-input:0 --output layer2/add:0 --data valid.npz")
+@click.option("--signature", metavar="NAME",
+              help="No code, --savedmodel: the signature evaluated (default serving_default); its one input is fed "
+                   "the features.")
 @click.option("--input", "input_name", metavar="TENSOR",
               help="No code: the tensor the validation features are fed into (a placeholder), e.g. x-input:0.")
 @click.option("--output", "output_name", metavar="TENSOR",
-              help="No code: the tensor of logits (or a regression's outputs) evaluated, e.g. layer2/add:0.")
+              help="No code: the tensor of logits (or a regression's outputs) evaluated, e.g. layer2/add:0; with "
+                   "--savedmodel, the signature's output key (needed when it has several), e.g. logits.")
 @click.option("--data", "data_files", multiple=True, metavar="[NAME=]FILE",
               help="No code: the validation data, an .npz (arrays x and y, or --data-keys) or a TFRecord file "
                    "of tf.train.Example (--feature, --label). Repeat as NAME=FILE for named validation sets, "
@@ -112,7 +124,7 @@ from evaluator.options import DEVICES, METRIC_NAMES, ORDERS, WatchOptions
                    "(behind a fast trainer, the latest numbers now and the older ones after).")
 @log_options
 def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order: str, task_spec: str | None,
-          meta_graph: bool, input_name: str | None, output_name: str | None, data_files: tuple[str, ...],
+          meta_graph: bool, savedmodel: bool, frozen_graph: bool, signature: str | None, input_name: str | None, output_name: str | None, data_files: tuple[str, ...],
           data_keys: str | None, feature: str | None, label: str | None, db_url: str | None, once: bool, name: str, poll: bool,
           poll_interval: float, rescan_interval: float, wait_for_dir: bool, ema: bool, ema_name: str,
           device: str, batch_size: int | None, stop_grace: float, missing_grace: float, retries: int,
@@ -139,7 +151,8 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
 
     No code: with --meta-graph, a model directory of tf.compat.v1 Saver checkpoints is evaluated
     from its own graph (the first checkpoint's .meta), feeding --data into --input and reading
-    --output; no task file needed. See the README's "No code" section.
+    --output; with --savedmodel, each numbered SavedModel version of an export directory; with
+    --frozen-graph, each frozen .pb file. No task file needed; see the README's "No code" section.
 
     Exit status: 0 stopped (or --once done); 2 configuration error (fix it); 3 --once left
     something unevaluated (failed rows, unreadable state file, listed files absent); 75 the
@@ -151,6 +164,8 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
       evaluator watch /nfs/job1 --task mypkg.eval:TASK --poll --db sqlite:////srv/evals.db
       evaluator watch ./model_dir --task mypkg.eval:TASK --once    # evaluate what is there, exit
       evaluator watch ./model_dir --meta-graph --input x-input:0 --output layer2/add:0 --data valid.npz
+      evaluator watch ./export --savedmodel --data valid.npz    # 1/, 2/, ... SavedModel versions
+      evaluator watch ./frozen --frozen-graph --input x-input:0 --output layer2/add:0 --data valid.npz
     """
     from evaluator import log, nocode
     from evaluator.service import Service
@@ -161,8 +176,8 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
     model_dirs = tuple(d for d in model_dirs if d)  # systemd's empty $MODEL_DIR of a --root instance
     if not model_dirs and not roots:
         raise click.UsageError("give a MODEL_DIR (or several), or --root DIR")
-    request = nocode.parse(meta_graph=meta_graph, savedmodel=False, frozen_graph=False, input_name=input_name,
-                           output_name=output_name, signature=None, data=data_files, data_keys=data_keys,
+    request = nocode.parse(meta_graph=meta_graph, savedmodel=savedmodel, frozen_graph=frozen_graph,
+                           input_name=input_name, output_name=output_name, signature=signature, data=data_files, data_keys=data_keys,
                            feature=feature, label=label, task=task_spec, locations=len(model_dirs),
                            roots=len(roots))
     options = WatchOptions(

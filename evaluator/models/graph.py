@@ -23,6 +23,7 @@ class GraphModel:
     kind = "graph"
     #: Graph tasks read TensorFlow checkpoints only (not Keras weight files).
     reads_weight_files = False
+    artifact = None
 
     def __init__(self, graph: tf.Graph, session: tf.compat.v1.Session, restorer: Restorer,
                  validator: Validator, placement: Placement, task: Task | None = None, ema: bool = True,

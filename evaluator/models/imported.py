@@ -141,7 +141,9 @@ class MetaGraphTask:
             except Exception as err:  # unreadable: the restore decides
                 raise CheckpointError(f"cannot read {os.path.basename(meta_path)}: {first_line(err)}") from err
             digest = graph_digest(meta.graph_def)
-            self._digests = {key: digest}
+            if len(self._digests) > 10_000:
+                self._digests.clear()
+            self._digests[key] = digest
         if digest != self.digest:
             raise CheckpointError(
                 f"{os.path.basename(meta_path)} is another graph than the one imported from "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from tests.conftest import (
     start_trainer,
     train,
 )
+from tests.test_artifacts import freeze, keras_versions
 from tests.test_cli import one_line_error
 from tests.test_nocode import LOGITS, digits_data, numpy_accuracy
 
@@ -134,10 +136,98 @@ def test_started_before_training_it_waits_for_the_graph(tmp_path: Path, db: Path
     daemon.command = [*daemon.command[:daemon.command.index("--task")], *META, "--data", str(valid_npz),
                       *daemon.command[daemon.command.index("--task") + 2:]]
     daemons.append(daemon.start())
-    daemon.wait_event("waiting for the first checkpoint's .meta to import the graph")
+    daemon.wait_event("waiting for the first checkpoint's .meta to build the model from")
     saved = saved_by(start_trainer(model_dir, "--steps", "80", "--save-every", "20", "--max-to-keep", "10"))
     rows = daemon.wait_rows(4)
     assert daemon.stop() == 0
     assert [r["checkpoint"] for r in rows] == saved and all(r["status"] == "ok" for r in rows)
     assert [r["accuracy"] for r in rows] == pytest.approx(
         [numpy_accuracy(str(model_dir / name), ema=True) for name in saved], abs=1e-6)
+
+
+def test_savedmodel_versions_and_one_savedmodel(tmp_path: Path, db: Path, valid_npz: Path) -> None:
+    export_dir = tmp_path / "export"
+    accuracy = keras_versions(export_dir, versions=2)
+    done = run_cli("watch", str(export_dir), "--savedmodel", "--data", str(valid_npz), "--db", sqlite_url(db), "--once")
+    assert done.returncode == 0, done.stderr
+    rows = report(db)
+    assert [(r["checkpoint"], r["step"], r["status"], r["ema"]) for r in rows] == [
+        ("1", 1, "ok", False), ("2", 2, "ok", False)]
+    assert [r["accuracy"] for r in rows] == pytest.approx([accuracy[1], accuracy[2]], abs=1e-6)
+    assert not (export_dir / "export").exists()  # the versions are not copied
+    keras_versions(tmp_path / "more", versions=3)
+    shutil.move(tmp_path / "more" / "3", export_dir / "3")  # a new version: the next run evaluates it alone
+    one = run_cli("watch", str(export_dir / "3"), "--savedmodel", "--data", str(valid_npz), "--db", sqlite_url(db),
+                  "--once", "--name", "single")
+    again = run_cli("watch", str(export_dir), "--savedmodel", "--data", str(valid_npz), "--db", sqlite_url(db), "--once")
+    assert one.returncode == 0 and again.returncode == 0, one.stderr + again.stderr
+    rows = report(db)
+    assert sorted((r["name"], r["checkpoint"], r["step"]) for r in rows) == [
+        ("default", "1", 1), ("default", "2", 2), ("default", "3", 3), ("single", "3", 3)]
+
+
+def test_frozen_graphs(tmp_path: Path, db: Path, valid_npz: Path) -> None:
+    model_dir = tmp_path / "model"
+    saved = train(model_dir, steps=40, save_every=20)
+    frozen_dir = tmp_path / "frozen"
+    frozen_dir.mkdir()
+    for prefix in saved:
+        freeze(prefix, frozen_dir / f"{Path(prefix).name}.pb")
+    done = run_cli("watch", str(frozen_dir), "--frozen-graph", "--input", "x-input:0", "--output", LOGITS,
+                   "--data", str(valid_npz), "--db", sqlite_url(db), "--once")
+    assert done.returncode == 0, done.stderr
+    rows = report(db)
+    assert [(r["checkpoint"], r["step"], r["status"]) for r in rows] == [
+        ("model.ckpt-20.pb", 20, "ok"), ("model.ckpt-40.pb", 40, "ok")]
+    assert [r["accuracy"] for r in rows] == pytest.approx([numpy_accuracy(p, ema=False) for p in saved], abs=1e-6)
+
+
+def test_export_errors_at_start(tmp_path: Path, db: Path, valid_npz: Path) -> None:
+    export_dir = tmp_path / "export"
+    keras_versions(export_dir, versions=1)
+    frozen_dir = tmp_path / "frozen"
+    frozen_dir.mkdir()
+    (frozen_dir / "graph.pb").write_bytes(b"")  # an empty GraphDef: no tensors
+    base = ["--data", str(valid_npz), "--db", sqlite_url(db), "--once"]
+    cases = [
+        (["watch", str(export_dir), "--savedmodel", "--signature", "predict", *base],
+         "--signature predict: 1 has no such signature (it has serve, serving_default)"),
+        (["watch", str(export_dir), "--savedmodel", "--output", "logits", *base],
+         "--output logits: signature serving_default of 1 has no such output (it has output_0)"),
+        (["watch", str(export_dir), "--savedmodel", "--input", "x", *base],
+         "--input is for --meta-graph and --frozen-graph: a SavedModel's signature names its input"),
+        (["watch", str(tmp_path), "--savedmodel", *base],
+         f"--savedmodel: no SavedModel in {tmp_path} (a saved_model.pb there, or in numbered version directories "
+         "1/, 2/, ...)"),
+        (["watch", str(frozen_dir), "--frozen-graph", "--input", "x-input:0", "--output", LOGITS, *base],
+         "--input x-input:0: no such tensor in graph.pb"),
+        (["watch", str(export_dir), "--savedmodel", "--export", "savedmodel", *base],
+         "--export does not apply to --savedmodel: the exported models are kept where they are"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args)
+        one_line_error(result, message)
+        assert error_lines(result.stderr) == [message]
+    assert not db.exists()
+
+
+def test_a_version_written_while_watching_is_evaluated_once_complete(tmp_path: Path, db: Path, valid_npz: Path,
+                                                                     daemons: list[Daemon]) -> None:
+    staged = tmp_path / "staged"
+    accuracy = keras_versions(staged, versions=2)
+    export_dir = tmp_path / "export"
+    export_dir.mkdir()
+    shutil.copytree(staged / "1", export_dir / "1")
+    daemon = Daemon(export_dir, db)
+    at = daemon.command.index("--task")
+    daemon.command[at:at + 2] = ["--savedmodel", "--data", str(valid_npz)]
+    daemons.append(daemon.start())
+    daemon.wait_rows(1)
+    shutil.copytree(staged / "2", export_dir / "2", ignore=shutil.ignore_patterns("saved_model.pb"))
+    time.sleep(1.5)  # the variables are there, the graph not yet: not a version yet
+    assert len(read_rows(db)) == 1
+    shutil.copy(staged / "2" / "saved_model.pb", export_dir / "2" / "saved_model.pb")
+    rows = daemon.wait_rows(2)
+    assert daemon.stop() == 0
+    assert [(r["checkpoint"], r["step"], r["status"]) for r in rows] == [("1", 1, "ok"), ("2", 2, "ok")]
+    assert [r["accuracy"] for r in rows] == pytest.approx([accuracy[1], accuracy[2]], abs=1e-6)
