@@ -93,6 +93,11 @@ class NoCode:
     signature: str = DEFAULT_SIGNATURE
     output_key: str | None = None
 
+    @property
+    def restores_averages(self) -> bool:
+        """Whether --ema applies: checkpoints hold averages, exports hold the weights they were given."""
+        return self.mode == META_GRAPH
+
     def describe(self) -> str:
         """What stands for the task in logs and in each row's settings."""
         parts = [f"--{self.mode}"]

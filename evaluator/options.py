@@ -99,4 +99,5 @@ class WatchOptions:
 
     def settings(self) -> dict[str, Any]:
         """What decides the numbers an evaluation records (stored with each row, compared at start)."""
-        return {"task": self.task, "ema": self.ema, "ema_name": self.ema_name if self.ema else None}
+        ema = self.ema and (self.nocode is None or self.nocode.restores_averages)
+        return {"task": self.task, "ema": ema, "ema_name": self.ema_name if ema else None}

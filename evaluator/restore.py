@@ -113,6 +113,13 @@ class Restorer:
                 self._wanted = {v.op.name: v for v in variables}
         self._ops: dict[tuple[Any, ...], _RestoreOps] = {}
 
+    def unrestored(self) -> list[tf.Variable]:
+        """The graph's variables no checkpoint key is restored into: the averages of a graph imported
+        from a `.meta` (their values went into the variables they average). An export initializes them."""
+        wanted = {var.ref() for var in self._wanted.values()}
+        with self._graph.as_default():
+            return [var for var in tf.compat.v1.global_variables() if var.ref() not in wanted]
+
     def restore(self, session: tf.compat.v1.Session, checkpoint: checkpoints.Checkpoint) -> RestoreInfo:
         """Restore `checkpoint` into `session`; CheckpointMissing if it is gone, CheckpointError if unusable.
 

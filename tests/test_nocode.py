@@ -97,9 +97,21 @@ def test_data_files_and_names(tmp_path: Path, valid_npz: Path) -> None:
 
 # -- the data files ----------------------------------------------------------------------------
 
-def test_npz_with_other_keys_and_tfrecord_read_the_same_arrays(tmp_path: Path) -> None:
+def write_tfrecord(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """tf.train.Example records of `pixels` (floats) and `label` (an int64), GZIP if the name ends in .gz."""
     import tensorflow as tf
 
+    options = tf.io.TFRecordOptions(compression_type="GZIP" if path.name.endswith(".gz") else "")
+    with tf.io.TFRecordWriter(str(path), options=options) as writer:
+        for image, label in zip(images, labels):
+            example = tf.train.Example(features=tf.train.Features(feature={
+                "pixels": tf.train.Feature(float_list=tf.train.FloatList(value=image.reshape(-1))),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}))
+            writer.write(example.SerializeToString())
+    return path
+
+
+def test_npz_with_other_keys_and_tfrecord_read_the_same_arrays(tmp_path: Path) -> None:
     from evaluator.datafiles import read_npz, read_tfrecord
 
     images, labels = digits_data.validation()
@@ -108,13 +120,7 @@ def test_npz_with_other_keys_and_tfrecord_read_the_same_arrays(tmp_path: Path) -
     assert np.array_equal(got[0], images) and np.array_equal(got[1], labels)
     with pytest.raises(TaskError, match=r"has no array 'x' \(it has images, labels\); give --data-keys"):
         read_npz(str(tmp_path / "v.npz"), ("x", "y"))
-    path = tmp_path / "v.tfrecord"
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for image, label in zip(images, labels):
-            example = tf.train.Example(features=tf.train.Features(feature={
-                "pixels": tf.train.Feature(float_list=tf.train.FloatList(value=image.reshape(-1))),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}))
-            writer.write(example.SerializeToString())
+    path = write_tfrecord(tmp_path / "v.tfrecord", images, labels)
     features, read_labels = read_tfrecord(str(path), nocode.FeatureSpec.parse("pixels:8,8:float32"), "label")
     assert features.shape == (len(labels), 8, 8) and np.array_equal(features.reshape(len(labels), -1), images)
     assert np.array_equal(read_labels, labels)

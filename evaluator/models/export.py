@@ -54,6 +54,9 @@ def _graph_export(fmt: str, task: Any, features: tf.TensorSpec, prefix: str, *, 
         with tf.compat.v1.Session(graph=graph) as session:
             checkpoint = checkpoints.Checkpoint(os.path.basename(prefix), prefix, checkpoints.step_from_name(prefix))
             restorer.restore(session, checkpoint)
+            unrestored = restorer.unrestored()
+            if unrestored:  # a SavedModel saves every variable: give these their initial values
+                session.run(tf.compat.v1.variables_initializer(unrestored))
             if fmt == "frozen":
                 frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
                     session, graph.as_graph_def(), [OUTPUT])

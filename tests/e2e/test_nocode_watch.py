@@ -25,7 +25,7 @@ from tests.conftest import (
 )
 from tests.test_artifacts import freeze, keras_versions
 from tests.test_cli import one_line_error
-from tests.test_nocode import LOGITS, digits_data, numpy_accuracy
+from tests.test_nocode import LOGITS, digits_data, numpy_accuracy, write_tfrecord
 
 pytestmark = pytest.mark.slow
 META = ("--meta-graph", "--input", "x-input:0", "--output", LOGITS)
@@ -231,3 +231,44 @@ def test_a_version_written_while_watching_is_evaluated_once_complete(tmp_path: P
     assert daemon.stop() == 0
     assert [(r["checkpoint"], r["step"], r["status"]) for r in rows] == [("1", 1, "ok"), ("2", 2, "ok")]
     assert [r["accuracy"] for r in rows] == pytest.approx([accuracy[1], accuracy[2]], abs=1e-6)
+
+
+def test_the_exports_of_the_best_evaluate_as_the_checkpoint_did(tmp_path: Path, db: Path, valid_npz: Path) -> None:
+    """--meta-graph keeps the best and exports it (--export savedmodel, frozen: the averages); those
+    exports, watched with --savedmodel and --frozen-graph, give the accuracy its checkpoint had."""
+    model_dir = tmp_path / "model"
+    train(model_dir, steps=40, save_every=20)
+    done = run_cli("watch", str(model_dir), *META, "--data", str(valid_npz), "--db", sqlite_url(db), "--once",
+                   "--export", "savedmodel", "--export", "frozen", "--metric", "top_k_accuracy:3")
+    assert done.returncode == 0, done.stderr
+    best = next(r for r in report(db) if r["best"])
+    exported = model_dir / "export" / "best"
+    served = run_cli("watch", str(exported / "savedmodel"), "--savedmodel", "--data", str(valid_npz),
+                     "--db", sqlite_url(db), "--once", "--metric", "top_k_accuracy:3")
+    frozen = run_cli("watch", str(exported / "frozen"), "--frozen-graph", "--input", "features", "--output",
+                     "logits", "--data", str(valid_npz), "--db", sqlite_url(db), "--once")
+    assert served.returncode == 0 and frozen.returncode == 0, served.stderr + frozen.stderr
+    rows = {Path(r["model_dir"]).name: r for r in report(db) if r["model_dir"] != str(model_dir.resolve())}
+    assert set(rows) == {"savedmodel", "frozen"}
+    assert rows["savedmodel"]["step"] == rows["frozen"]["step"] == best["step"]
+    assert rows["savedmodel"]["accuracy"] == rows["frozen"]["accuracy"] == best["accuracy"]
+    assert rows["savedmodel"]["metrics"]["validation"]["top_k_accuracy:3"] == \
+        best["metrics"]["validation"]["top_k_accuracy:3"]
+
+
+def test_tfrecord_data(tmp_path: Path, db: Path) -> None:
+    model_dir = tmp_path / "model"
+    saved = train(model_dir, steps=40, save_every=20)
+    images, labels = digits_data.validation()
+    data = write_tfrecord(tmp_path / "valid.tfrecord.gz", images, labels)
+    done = run_cli("watch", str(model_dir), *META, "--data", str(data), "--feature", "pixels:64:float32",
+                   "--label", "label", "--db", sqlite_url(db), "--once")
+    assert done.returncode == 0, done.stderr
+    rows = report(db)
+    assert [(r["checkpoint"], r["examples"]) for r in rows] == [("model.ckpt-20", 360), ("model.ckpt-40", 360)]
+    assert [r["accuracy"] for r in rows] == pytest.approx([numpy_accuracy(p, ema=True) for p in saved], abs=1e-6)
+    wrong = run_cli("watch", str(model_dir), *META, "--data", str(data), "--feature", "pixels:8,8:float32",
+                    "--label", "label", "--db", sqlite_url(db), "--once", "--name", "wrong")
+    message = (f"--data {data}: the features are [8, 8] per example, but the input x-input:0 takes [?, 64] "
+               "(batch first)")
+    one_line_error(wrong, message)
