@@ -7,7 +7,6 @@ numpy sets. TensorFlow is imported only to parse TFRecord files.
 
 from __future__ import annotations
 
-import zipfile
 from typing import Any
 
 import numpy as np
@@ -54,14 +53,21 @@ class DataReader:
 def read_npz(path: str, keys: tuple[str, str]) -> Arrays:
     """The features and labels arrays (`keys`) of an .npz file."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            lacking = [key for key in keys if key not in archive.files]
-            if lacking:
-                raise TaskError(f"--data {path} has no array {lacking[0]!r} (it has {', '.join(archive.files) or 'none'}); "
-                                "give --data-keys FEATURES,LABELS")
+        archive = np.load(path, allow_pickle=False)
+    except Exception as err:  # empty, truncated, not numpy at all (OSError, EOFError, ValueError, BadZipFile...)
+        raise TaskError(f"--data {path} cannot be read as .npz: {type(err).__name__}: {first_line(err)}") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a single .npy array
+        raise TaskError(f"--data {path} is one array, not an .npz of features and labels (np.savez(path, x=..., y=...))")
+    with archive:
+        lacking = [key for key in keys if key not in archive.files]
+        if lacking:
+            raise TaskError(f"--data {path} has no array {lacking[0]!r} (it has {', '.join(archive.files) or 'none'}); "
+                            "give --data-keys FEATURES,LABELS")
+        try:
             return archive[keys[0]], archive[keys[1]]
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise TaskError(f"--data {path} cannot be read as .npz: {first_line(err)}") from err
+        except Exception as err:  # a member that is not a readable array (garbled, or a pickle)
+            raise TaskError(f"--data {path}: cannot read arrays {keys[0]!r} and {keys[1]!r}: {type(err).__name__}: "
+                            f"{first_line(err)}") from err
 
 
 def read_tfrecord(path: str, feature: FeatureSpec, label: str) -> Arrays:

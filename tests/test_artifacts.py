@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from evaluator import nocode
 from evaluator.errors import CheckpointError, TaskError
@@ -180,3 +182,24 @@ def test_a_later_export_that_does_not_fit_fails_its_row(tmp_path: Path, frozen: 
     with pytest.raises(CheckpointError) as err:
         model.evaluate(late)
     assert str(err.value).startswith("frozen-90.pb is not a GraphDef")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.binary(max_size=300))
+def test_any_bytes_as_a_graph(tmp_path: Path, content: bytes) -> None:
+    """Arbitrary bytes as a frozen graph or a `.meta`: a GraphDef (protobuf parses much), or the
+    project's error; never a crash."""
+    from evaluator.errors import CheckpointIncomplete
+    from evaluator.models.artifact import _read_graph_def
+    from evaluator.models.imported import read_meta
+
+    path = tmp_path / "graph.pb"
+    path.write_bytes(content)
+    try:
+        _read_graph_def(str(path))
+    except CheckpointIncomplete:
+        pass
+    try:
+        read_meta(str(path))
+    except TaskError:
+        pass

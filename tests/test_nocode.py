@@ -215,3 +215,44 @@ def test_data_that_does_not_fit_the_input(tmp_path: Path, meta_dir: Path) -> Non
         build(meta_dir, path)
     assert str(err.value) == (f"--data {path}: the features are [10] per example, but the input x-input:0 "
                               "takes [?, 64] (batch first)")
+
+
+# -- arbitrary input -----------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_fuzz = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+
+
+@_fuzz
+@given(input_name=st.none() | _text, output_name=st.none() | _text, feature=st.none() | _text,
+       keys=st.none() | _text, label=st.none() | _text, modes=st.lists(st.booleans(), min_size=3, max_size=3))
+def test_any_option_values(tmp_path: Path, input_name: str | None, output_name: str | None, feature: str | None,
+                           keys: str | None, label: str | None, modes: list[bool]) -> None:
+    """Whatever the values, the options parse or say why not (ConfigError), never crash."""
+    (tmp_path / "v.tfrecord").write_bytes(b"")
+    try:
+        request = parse(meta_graph=modes[0], savedmodel=modes[1], frozen_graph=modes[2], input_name=input_name,
+                        output_name=output_name, data=(str(tmp_path / "v.tfrecord"),), data_keys=keys,
+                        feature=feature, label=label)
+    except ConfigError:
+        return
+    assert request is not None and request.describe().startswith("--")
+
+
+@_fuzz
+@given(content=st.binary(max_size=300))
+def test_any_bytes_as_data(tmp_path: Path, content: bytes) -> None:
+    """Arbitrary bytes as an .npz or a TFRecord file: a TaskError, never a crash."""
+    from evaluator.datafiles import read_npz, read_tfrecord
+
+    path = tmp_path / "data"
+    path.write_bytes(content)
+    for read in (lambda: read_npz(str(path), ("x", "y")),
+                 lambda: read_tfrecord(str(path), nocode.FeatureSpec("p", (2,), "float32"), "l")):
+        try:
+            read()
+        except TaskError:
+            pass

@@ -30,7 +30,7 @@ from evaluator.evaluation import NO_EMA
 from evaluator.metrics import Suite
 from evaluator.models import Outcome, describe_metrics
 from evaluator.models.device import Placement, select_device
-from evaluator.models.imported import check_data, check_tensor, input_signature
+from evaluator.models.imported import check_data, check_path, check_tensor, input_signature
 from evaluator.nocode import SAVEDMODEL, NoCode
 from evaluator.validate import DEFAULT_BATCH_SIZE, Progress, Validator
 
@@ -70,10 +70,13 @@ class _Export:
             assert request.input_name and request.output_name
             node = check_tensor(self._graph_def, request.input_name, "--input", self.name)
             check_tensor(self._graph_def, request.output_name, "--output", self.name)
+            check_path(self._graph_def, request.input_name, request.output_name, self.name)
             self.input_name, self.output_name = request.input_name, request.output_name
             shape, dtype = input_signature(node)
         self._cast = check_data(task.reader, shape, dtype, self.input_name)
         self._saver: Any = None
+        self.outputs_named = (f"--output {request.output_name}" if request.mode != SAVEDMODEL else
+                              f"signature {request.signature}'s output")
 
     def validation_data(self) -> Arrays | dict[str, Arrays]:
         return self.task.reader.validation_data(self._cast)

@@ -66,6 +66,35 @@ def check_tensor(graph_def: Any, name: str, option: str, where: str) -> Any:
     raise TaskError(f"{option} {name}: no such tensor in {where}{hint}")
 
 
+def check_path(graph_def: Any, input_name: str, output_name: str, where: str) -> None:
+    """TaskError unless `output_name` is computed from `input_name` and needs no other placeholder
+    (one that nothing feeds would fail every checkpoint's evaluation, not the start)."""
+    nodes = {node.name: node for node in graph_def.node}
+    stop = input_name.rpartition(":")[0]
+    stack, seen, reached, needs = [output_name.rpartition(":")[0]], set(), False, []
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name == stop:
+            reached = True
+            continue
+        node = nodes.get(name)
+        if node is None:
+            continue
+        if node.op in ("Placeholder", "PlaceholderV2"):
+            needs.append(f"{name}:0")
+            continue
+        stack.extend(edge.lstrip("^").split(":")[0] for edge in node.input)
+    if needs:
+        raise TaskError(f"--output {output_name} needs {', '.join(sorted(needs))} besides --input {input_name} in "
+                        f"{where}: nothing feeds it; choose the logits computed from --input")
+    if not reached:
+        raise TaskError(f"--output {output_name} does not depend on --input {input_name} in {where}: choose the "
+                        "logits computed from the input")
+
+
 def input_signature(node: Any) -> tuple[list[int] | None, Any]:
     """What a placeholder takes: its shape ([-1 for unknown dims], None when unknown) and dtype."""
     if node.op not in _INPUT_OPS:
@@ -104,7 +133,9 @@ class MetaGraphTask:
         graph_def = self.meta.graph_def
         node = check_tensor(graph_def, input_name, "--input", where)
         check_tensor(graph_def, output_name, "--output", where)
+        check_path(graph_def, input_name, output_name, where)
         self.input_name = input_name
+        self.outputs_named = f"--output {output_name}"
         self.output_name = output_name
         self.digest = graph_digest(graph_def)
         self._digests: dict[tuple[str, int, int], str] = {}

@@ -107,6 +107,12 @@ def test_errors_at_start(tmp_path: Path, db: Path, valid_npz: Path) -> None:
         (["watch", str(model_dir), "--meta-graph", "--input", "x-input:0", "--output", "layer2/ad:0", *data, *base],
          "--output layer2/ad:0: no such tensor in model.ckpt-20.meta; nearest: layer2/add:0, layer1/add:0, "
          "layer2/biases:0, layer2/MatMul:0, layer1/biases:0"),
+        (["watch", str(model_dir), "--meta-graph", "--input", "x-input:0", "--output", "y-input:0", *data, *base],
+         "--output y-input:0 needs y-input:0 besides --input x-input:0 in model.ckpt-20.meta: nothing feeds it; "
+         "choose the logits computed from --input"),
+        (["watch", str(model_dir), "--meta-graph", "--input", "x-input:0", "--output", "layer1/weights", *data,
+          *base], "--output layer1/weights:0 does not depend on --input x-input:0 in model.ckpt-20.meta: choose the "
+                  "logits computed from the input"),
         (["watch", str(model_dir), *META, "--data", str(wide), *base],
          f"--data {wide}: the features are [10] per example, but the input x-input:0 takes [?, 64] (batch first)"),
         (["watch", str(model_dir), *META, *data, "--task", DIGITS_TASK, *base],
