@@ -203,3 +203,22 @@ def test_any_bytes_as_a_graph(tmp_path: Path, content: bytes) -> None:
         read_meta(str(path))
     except TaskError:
         pass
+
+
+def test_a_frozen_export_calls_its_output_logits_beside_a_logits_scope(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evaluator's `--export frozen` of a task whose graph has a `logits` scope (bench/workload.py):
+    the output is still `logits`, so `--frozen-graph --output logits` reads it."""
+    import tensorflow as tf
+
+    from bench import workload
+    from evaluator.models.artifact import _read_graph_def
+    from evaluator.models.export import graph_export
+
+    monkeypatch.setenv("BENCH_WIDTH", "8")
+    (prefix,) = workload.write_checkpoints(str(tmp_path / "model"), 1)
+    target = tmp_path / "frozen" / "1.pb"
+    graph_export("frozen", workload.TASK, tf.TensorSpec([None, workload.FEATURES], tf.float32), prefix, ema=True,
+                 ema_name="ExponentialMovingAverage", target=str(target))
+    nodes = {node.name: node for node in _read_graph_def(str(target)).node}
+    assert nodes["logits"].op == "Identity" and "logits_1" not in nodes

@@ -48,6 +48,7 @@ def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert set(pool["claim_ms"]) == {"sqlite", "postgresql"} and all(v > 0 for v in pool["claim_ms"].values())
     assert set(pool["per_minute"]) == {"1", "2"} and pool["speedup"] > 0
     assert figures["nocode"]["same_accuracy"] is True and figures["nocode"]["ratio"] > 0  # --meta-graph = --task
+    assert figures["nocode"]["savedmodel_same_accuracy"] is True and figures["nocode"]["frozen-graph_same_accuracy"] is True
     events = figures["poll"]["events"]
     assert events["rows"] == events["saved"] == 20  # with events, every save gets a row
 
