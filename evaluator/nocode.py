@@ -46,12 +46,10 @@ class FeatureSpec:
             raise ConfigError(f"--feature {text!r} is not NAME:SHAPE:DTYPE (e.g. pixels:64:float32, "
                               "image:28,28:float32)")
         name, shape_text, dtype = parts
-        try:
-            shape = tuple(int(d) for d in shape_text.split(",") if d.strip())
-        except ValueError:
-            shape = (-1,)
-        if any(d <= 0 for d in shape):
+        dims = [d.strip() for d in shape_text.split(",") if d.strip()]
+        if not all(d.isascii() and d.isdigit() and int(d) > 0 for d in dims):
             raise ConfigError(f"--feature {text!r}: SHAPE must be positive whole numbers separated by commas")
+        shape = tuple(int(d) for d in dims)
         if dtype not in FEATURE_DTYPES:
             raise ConfigError(f"--feature {text!r}: DTYPE must be one of {', '.join(FEATURE_DTYPES)}")
         return cls(name, shape, dtype)

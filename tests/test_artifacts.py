@@ -222,3 +222,12 @@ def test_a_frozen_export_calls_its_output_logits_beside_a_logits_scope(tmp_path:
                  ema_name="ExponentialMovingAverage", target=str(target))
     nodes = {node.name: node for node in _read_graph_def(str(target)).node}
     assert nodes["logits"].op == "Identity" and "logits_1" not in nodes
+
+
+def test_names_that_are_no_versions(tmp_path: Path, exported: tuple[Path, dict[int, float]]) -> None:
+    export_dir, _ = exported
+    for name in ("²", "٣", "1" * 30, "0007"):
+        shutil.copytree(export_dir / "1", tmp_path / name)
+    (tmp_path / "frozen-²-١٢.pb").write_bytes(b"x")
+    assert [(c.name, c.name_step) for c in listing(str(tmp_path), SAVEDMODEL)] == [("0007", 7)]
+    assert [(c.name, c.name_step) for c in listing(str(tmp_path), FROZEN)] == [("frozen-²-١٢.pb", None)]

@@ -79,11 +79,12 @@ def build(task: Any, *, device: str = "auto", ema: bool = True, ema_name: str = 
           batch_size: int = DEFAULT_BATCH_SIZE, metrics: tuple[str, ...] = ()) -> EvalModel:
     """Build the evaluation model for `task`'s kind, once per process; `metrics` are built-in
     metric names computed besides the defaults and the task's own."""
+    from evaluator.models.artifact import ArtifactModel, ArtifactTask
     from evaluator.task import task_kind
 
     kind: Any
-    if type(task).__name__ == "ArtifactTask":  # --savedmodel, --frozen-graph (nocode.py)
-        from evaluator.models.artifact import ArtifactModel as kind
+    if isinstance(task, ArtifactTask):  # --savedmodel, --frozen-graph (nocode.py)
+        kind = ArtifactModel
     elif task_kind(task) == "keras":
         from evaluator.models.keras import KerasModel as kind
     else:

@@ -30,7 +30,7 @@ SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 VARIABLES_INDEX = os.path.join("variables", "variables.index")
 #: The evaluator's own outputs in the directory (TensorBoard summaries): never versions.
 OWN_OUTPUTS = ("eval", "export")
-_LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+_LAST_NUMBER = re.compile(r"([0-9]+)(?![\s\S]*[0-9])")
 
 
 def is_savedmodel(path: str) -> bool:
@@ -38,12 +38,17 @@ def is_savedmodel(path: str) -> bool:
     return any(os.path.isfile(os.path.join(path, name)) for name in SAVED_MODEL_FILES)
 
 
+def version(name: str) -> int | None:
+    """The version number a directory's name is (ASCII digits, a 64-bit step), or None."""
+    return int(name) if name.isascii() and name.isdigit() and len(name) <= 18 else None
+
+
 def listing(location: str, kind: str) -> list[Checkpoint]:
     """The exported models in `location`, oldest step first (those without a step last)."""
     root = checkpoints.normalize_model_dir(location)
     if kind == SAVEDMODEL and is_savedmodel(root):  # one SavedModel, not a directory of versions
         name = os.path.basename(root)
-        return [Checkpoint(name=name, path=root, name_step=int(name) if name.isdigit() else None)]
+        return [Checkpoint(name=name, path=root, name_step=version(name))]
     try:
         entries = list(os.scandir(root))
     except OSError:
@@ -52,11 +57,11 @@ def listing(location: str, kind: str) -> list[Checkpoint]:
     for entry in entries:
         if entry.name.startswith(".") or not _is_text(entry.name):
             continue
-        if kind == SAVEDMODEL and entry.name.isdigit() and entry.is_dir() and is_savedmodel(entry.path):
-            found.append(Checkpoint(name=entry.name, path=entry.path, name_step=int(entry.name)))
+        if kind == SAVEDMODEL and version(entry.name) is not None and entry.is_dir() and is_savedmodel(entry.path):
+            found.append(Checkpoint(name=entry.name, path=entry.path, name_step=version(entry.name)))
         elif kind == FROZEN and entry.name.endswith(".pb") and entry.is_file():
             match = _LAST_NUMBER.search(entry.name[: -len(".pb")])
-            step = int(match.group(1)) if match and len(match.group(1)) <= 18 else None
+            step = version(match.group(1)) if match else None
             found.append(Checkpoint(name=entry.name, path=entry.path, name_step=step))
     return sorted(found, key=lambda c: (c.name_step is None, c.name_step or 0, c.name))
 
