@@ -256,3 +256,73 @@ def test_any_bytes_as_data(tmp_path: Path, content: bytes) -> None:
             read()
         except TaskError:
             pass
+
+
+# -- the classic mnist_train.py, as it was written ---------------------------------------------
+
+def classic_mnist_train(model_dir: Path, steps: int = 30, save_every: int = 10) -> list[str]:
+    """mnist_inference.py + mnist_train.py of the TF1 books, on the digits (64 pixels, 16 hidden
+    units): `global_step = tf.Variable(0, trainable=False)` (an int32 named `Variable`), one-hot
+    labels fed to `y-input`, an L2 regularizer collected in `losses`, the EMA applied with the train
+    step, `Saver().save(sess, path, global_step=global_step)`."""
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    images, labels = digits_data.training()
+    one_hot = np.eye(10, dtype=np.float32)[labels]
+    graph = tf.Graph()
+    saved = []
+    with graph.as_default():
+        v1.set_random_seed(0)
+        x = v1.placeholder(tf.float32, [None, 64], name="x-input")
+        y_ = v1.placeholder(tf.float32, [None, 10], name="y-input")
+        regularizer = tf.keras.regularizers.L2(1e-4)
+
+        def layer(name: str, inputs: tf.Tensor, fan_in: int, fan_out: int) -> tf.Tensor:
+            with v1.variable_scope(name):
+                weights = v1.get_variable("weights", [fan_in, fan_out],
+                                          initializer=v1.truncated_normal_initializer(stddev=0.1))
+                v1.add_to_collection("losses", regularizer(weights))
+                biases = v1.get_variable("biases", [fan_out], initializer=v1.constant_initializer(0.0))
+                return tf.matmul(inputs, weights) + biases
+
+        y = layer("layer2", tf.nn.relu(layer("layer1", x, 64, 16)), 16, 10)
+        global_step = tf.Variable(0, trainable=False)
+        variable_averages = v1.train.ExponentialMovingAverage(0.99, global_step)
+        variables_averages_op = variable_averages.apply(v1.trainable_variables())
+        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(logits=y, labels=tf.argmax(y_, 1))
+        loss = tf.reduce_mean(cross_entropy) + tf.add_n(v1.get_collection("losses"))
+        train_step = v1.train.GradientDescentOptimizer(0.5).minimize(loss, global_step=global_step)
+        with tf.control_dependencies([train_step, variables_averages_op]):
+            train_op = tf.no_op(name="train")
+        saver = v1.train.Saver()
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            rng = np.random.default_rng(0)
+            for _ in range(steps):
+                batch = rng.integers(0, len(labels), 64)
+                _, step = session.run([train_op, global_step], {x: images[batch], y_: one_hot[batch]})
+                if step % save_every == 0:
+                    saved.append(saver.save(session, str(model_dir / "model.ckpt"), global_step=global_step))
+    return saved
+
+
+@pytest.mark.parametrize("ema", [True, False], ids=["ema", "raw"])
+def test_the_classic_mnist_train_with_one_hot_labels(tmp_path: Path, ema: bool) -> None:
+    from evaluator import checkpoints, models
+
+    saved = classic_mnist_train(tmp_path / "model")
+    images, labels = digits_data.validation()
+    data = tmp_path / "valid.npz"
+    np.savez(data, x=images, y=np.eye(10, dtype=np.float32)[labels])  # one-hot, as y-input takes them
+    request = parse(meta_graph=True, input_name="x-input:0", output_name=LOGITS, data=(str(data),))
+    assert request is not None
+    meta = nocode.first_meta(str(tmp_path / "model"))
+    assert meta is not None
+    model = models.build(nocode.task(request, meta), device="cpu", ema=ema)
+    listed = checkpoints.read_state(str(tmp_path / "model")).checkpoints
+    assert [c.path for c in listed] == saved
+    for ckpt in listed:
+        outcome = model.evaluate(ckpt)
+        assert outcome.step == ckpt.name_step and outcome.ema_source == ("tf1-names" if ema else "none")
+        assert outcome.metrics.accuracy == pytest.approx(numpy_accuracy(ckpt.path, ema), abs=1e-9)
