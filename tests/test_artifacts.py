@@ -231,3 +231,17 @@ def test_names_that_are_no_versions(tmp_path: Path, exported: tuple[Path, dict[i
     (tmp_path / "frozen-²-١٢.pb").write_bytes(b"x")
     assert [(c.name, c.name_step) for c in listing(str(tmp_path), SAVEDMODEL)] == [("0007", 7)]
     assert [(c.name, c.name_step) for c in listing(str(tmp_path), FROZEN)] == [("frozen-²-١٢.pb", None)]
+
+
+def test_a_version_deleted_before_it_is_read_is_missing(tmp_path: Path, exported: tuple[Path, dict[int, float]],
+                                                        valid_npz: Path) -> None:
+    from evaluator.errors import CheckpointMissing
+
+    export_dir, _ = exported
+    copy = tmp_path / "export"
+    shutil.copytree(export_dir, copy)
+    model = build(copy, valid_npz, savedmodel=True)
+    version = listing(str(copy), SAVEDMODEL)[-1]
+    shutil.rmtree(version.path)  # TF Serving's exporter keeps the last N
+    with pytest.raises(CheckpointMissing, match="3 was deleted before it could be read"):
+        model.evaluate(version)

@@ -25,7 +25,7 @@ from tensorflow.core.framework import graph_pb2
 from evaluator.checkpoints import Checkpoint
 from evaluator.data import ValidationSets
 from evaluator.datafiles import Arrays, DataReader
-from evaluator.errors import CheckpointError, CheckpointIncomplete, TaskError, first_line
+from evaluator.errors import CheckpointError, CheckpointIncomplete, CheckpointMissing, TaskError, first_line
 from evaluator.evaluation import NO_EMA
 from evaluator.metrics import Suite
 from evaluator.models import Outcome, describe_metrics
@@ -150,12 +150,12 @@ class ArtifactModel:
         start = time.perf_counter()
         try:
             opened = self._open(checkpoint.path)
-        except (TaskError, ValueError, KeyError, tf.errors.OpError) as err:
+        except (TaskError, CheckpointError, ValueError, KeyError, OSError, tf.errors.OpError) as err:
             raise _unusable(checkpoint, err) from err
         try:
             try:
                 step = opened.export.restore(opened.session)
-            except (ValueError, tf.errors.OpError) as err:
+            except (ValueError, OSError, tf.errors.OpError) as err:
                 raise _unusable(checkpoint, err) from err
             restore_seconds = time.perf_counter() - start
             metrics = opened.validator.run(opened.session, progress)
@@ -257,10 +257,9 @@ def _carried_step(path: str) -> int | None:
 
 
 def _unusable(checkpoint: Checkpoint, err: BaseException) -> Exception:
-    """What an export that cannot be opened means: gone, a short read (retried), or its own fault."""
-    if isinstance(err, (CheckpointError, TaskError)) and not os.path.exists(checkpoint.path):
-        from evaluator.errors import CheckpointMissing
-
+    """What an export that cannot be opened means: gone (deleted meanwhile: `missing`), a short read
+    (retried while its files change), or its own fault (`failed`)."""
+    if not os.path.exists(checkpoint.path):
         return CheckpointMissing(f"{checkpoint.name} was deleted before it could be read")
     if isinstance(err, CheckpointError):
         return err
