@@ -229,7 +229,7 @@ def read_state(model_dir: str) -> State:
         return State()
     plain = _read_plain_state(state_path)
     if plain is not None:
-        return _resolve(model_dir, [path if os.path.isabs(path) else os.path.join(model_dir, path) for path in plain])
+        return _resolve(model_dir, plain)  # (relative paths are relative to the model directory)
     import tensorflow as tf
     from google.protobuf import text_format
 
@@ -290,8 +290,9 @@ def _resolve(model_dir: str, listed: list[str]) -> State:
     for position, raw in enumerate(listed):
         ckpt = _at(root, raw)
         if ckpt is None:
-            if raw not in ignored:
-                ignored.append(raw)
+            shown = raw if os.path.isabs(raw) else os.path.join(model_dir, raw)  # as TensorFlow's parser gives it
+            if shown not in ignored:
+                ignored.append(shown)
             continue
         if ckpt.name not in found:
             found[ckpt.name] = ckpt
@@ -305,6 +306,10 @@ def _resolve(model_dir: str, listed: list[str]) -> State:
 
 def _relative_name(root: str, raw: str) -> str | None:
     """`raw` relative to `root`, or None when it points outside it or is not a prefix."""
+    if raw.startswith(root + os.sep):  # the directory's own absolute path, as a v1 Saver writes it
+        rest = raw[len(root) + 1:]
+        if os.sep not in rest and rest not in ("", ".", "..") and not os.path.islink(raw):
+            return rest if _is_text(rest) else None
     if os.sep not in raw and raw not in ("", ".", "..") and not os.path.islink(os.path.join(root, raw)):
         return raw if _is_text(raw) else None  # a plain name in the directory (thousands at a scan)
     try:

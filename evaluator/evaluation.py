@@ -155,6 +155,16 @@ class History:
 
 
 @dataclass(frozen=True)
+class Ranking:
+    """An evaluation's best rows by a metric, best first (what the kept best must hold)."""
+
+    #: The metric ranked by (`NAME` or `SET/NAME`) and its goal ("max"/"min"; None: no row has it).
+    metric: str
+    goal: str | None
+    rows: list[Evaluation]
+
+
+@dataclass(frozen=True)
 class Worker:
     """A `watch` process as the `workers` table knows it."""
 

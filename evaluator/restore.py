@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
 
-from evaluator import checkpoints
+from evaluator import callables, checkpoints
 from evaluator.errors import (
     CheckpointError,
     CheckpointIncomplete,
@@ -62,6 +63,8 @@ class _RestoreOps:
     step: tf.Tensor
     #: Whether `step` reads the checkpoint's global step (else it is a placeholder value).
     has_step: bool
+    #: Whether the read fails for a tensor of another shape than its variable's (see `_direct_ops`).
+    checks_shapes: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class _Plan:
 
     var_list: dict[str, tf.Variable]
     ema: bool
+    #: Whether every variable got the key it wanted most (its shadow, with EMA): a checkpoint that
+    #: holds all these keys would be planned the same.
+    complete: bool = True
 
     @property
     def key(self) -> tuple[tuple[str, str], ...]:
@@ -112,6 +118,9 @@ class Restorer:
             else:
                 self._wanted = {v.op.name: v for v in variables}
         self._ops: dict[tuple[Any, ...], _RestoreOps] = {}
+        #: The ops of the last checkpoint's plan when the next may be restored without its catalog.
+        self._unplanned: tuple[_Plan, _RestoreOps] | None = None
+        self._callables: dict[tuple[tf.compat.v1.Session, str], Any] = {}
 
     def unrestored(self) -> list[tf.Variable]:
         """The graph's variables no checkpoint key is restored into: the averages of a graph imported
@@ -123,34 +132,61 @@ class Restorer:
     def restore(self, session: tf.compat.v1.Session, checkpoint: checkpoints.Checkpoint) -> RestoreInfo:
         """Restore `checkpoint` into `session`; CheckpointMissing if it is gone, CheckpointError if unusable.
 
-        One session.run restores the variables and reads the step: the restore op of a Saver built
-        once per key map, fed the path (Saver.restore would first list the files and log: a tenth of
-        a millisecond per checkpoint, which a backlog of small checkpoints feels)."""
+        One session.run restores the variables and reads the step, fed the path (Saver.restore would
+        first list the files and log: a tenth of a millisecond per checkpoint, which a backlog of
+        small checkpoints feels). The key map is planned from the checkpoint's catalog (its keys,
+        shapes and types). For a small model whose last plan was complete (every variable from the
+        key it wanted most), the next checkpoint is first restored with that plan without reading
+        its catalog: one RestoreV2 names every key with its full shape, so it reads all of them or
+        fails (a key missing, another shape or type), and a failure is planned from the catalog."""
         start = time.perf_counter()
+        if self._unplanned is not None:
+            plan, ops = self._unplanned
+            try:
+                _, step = self._run(session, ops, checkpoint.path)
+                if np.ndim(step) == 0:
+                    return self._info(checkpoint, plan, ops, step, start)
+            except tf.errors.OpError:
+                pass
+            self._unplanned = None  # another key map, or a read that fails: planned from the catalog
         try:
             catalog = _Catalog(tf.train.load_checkpoint(checkpoint.path))
             plan = self._plan(catalog)
             ops = self._restore_ops(plan, catalog)
-            _, step = session.run([ops.restore, ops.step], {ops.filename: checkpoint.path})
+            _, step = self._run(session, ops, checkpoint.path)
         except READ_ERRORS as err:
             raise read_error(checkpoint, err) from err
-        return RestoreInfo(
-            step=int(step) if ops.has_step else checkpoint.name_step,
-            ema=plan.ema,
-            seconds=time.perf_counter() - start,
-        )
+        if plan.complete and ops.checks_shapes:
+            self._unplanned = (plan, ops)
+        return self._info(checkpoint, plan, ops, step, start)
+
+    def _run(self, session: tf.compat.v1.Session, ops: _RestoreOps, path: str) -> Any:
+        """The restore op and the step's read in one run, through a callable made once per session
+        and ops (callables.py); returns (None, step)."""
+        key = (session, ops.restore)
+        run = self._callables.get(key)
+        if run is None:
+            run = self._callables[key] = callables.make(session, [ops.step], [ops.restore], [ops.filename])
+        return None, run(path)[0]
+
+    @staticmethod
+    def _info(checkpoint: checkpoints.Checkpoint, plan: _Plan, ops: _RestoreOps, step: Any, start: float) -> RestoreInfo:
+        return RestoreInfo(step=int(step) if ops.has_step else checkpoint.name_step, ema=plan.ema,
+                           seconds=time.perf_counter() - start)
 
     def _plan(self, catalog: _Catalog) -> _Plan:
         var_list: dict[str, tf.Variable] = {}
         missing: list[str] = []
         mismatched: list[str] = []
         used_shadow = False
+        complete = True
         for wanted, var in self._wanted.items():
             own = var.op.name
             key = catalog.key(wanted)
             shadow = key is not None and wanted != own
             if key is None and wanted != own:
                 key = catalog.key(own)  # no shadow: restore its own value
+                complete = False
             if key is None:
                 missing.append(own)
                 continue
@@ -167,28 +203,77 @@ class Restorer:
             )
         if mismatched:
             raise CheckpointError(f"checkpoint does not fit the graph: {'; '.join(mismatched[:_NAMES_SHOWN])}")
-        return _Plan(var_list=var_list, ema=used_shadow)
+        return _Plan(var_list=var_list, ema=used_shadow, complete=complete)
 
     def _restore_ops(self, plan: _Plan, catalog: _Catalog) -> _RestoreOps:
         """The restore op for this key map and the step's read (built on first use, then reused)."""
         step_key = catalog.key(GLOBAL_STEP)
         if step_key is not None and (catalog.shapes[step_key] != [] or not catalog.dtypes[step_key].is_integer):
             step_key = None  # not a scalar integer: the name's step stands
-        cache_key = (plan.key, step_key, catalog.dtypes[step_key] if step_key else None)
+        step_dtype = catalog.dtypes[step_key] if step_key else None
+        cache_key = (plan.key, step_key, step_dtype)
         ops = self._ops.get(cache_key)
         if ops is None:
             with self._graph.as_default():
-                saver = tf.compat.v1.train.Saver(var_list=plan.var_list, sharded=False, allow_empty=False)
-                filename = self._graph.get_tensor_by_name(saver.saver_def.filename_tensor_name)
-                step: Any = tf.constant(-1, tf.int64)
-                if step_key is not None:
-                    read = tf.raw_ops.RestoreV2(prefix=filename, tensor_names=[step_key], shape_and_slices=[""],
-                                                dtypes=[catalog.dtypes[step_key]])[0]
-                    step = tf.cast(read, tf.int64)
-            ops = _RestoreOps(restore=saver.saver_def.restore_op_name, filename=filename, step=step,
-                              has_step=step_key is not None)
+                if _direct(plan):
+                    ops = _direct_ops(plan, step_key, step_dtype)
+                else:
+                    ops = _saver_ops(self._graph, plan, step_key, step_dtype)
             self._ops[cache_key] = ops
         return ops
+
+
+#: The most elements a model may have for its checkpoints to be read by `_direct_ops`, whose shape
+#: checks copy each tensor once more (a backlog of small checkpoints is where reading the catalog
+#: weighs; for a large one the restore itself dwarfs it).
+DIRECT_ELEMENTS = 1 << 24
+
+
+def _direct(plan: _Plan) -> bool:
+    """Whether the plan's variables are plain, fully shaped and small enough for `_direct_ops`."""
+    variables = list(plan.var_list.values())
+    if not all(isinstance(v, tf.Variable) and v.shape.is_fully_defined() for v in variables):
+        return False
+    return sum(v.shape.num_elements() for v in variables) <= DIRECT_ELEMENTS
+
+
+def _direct_ops(plan: _Plan, step_key: str | None, step_dtype: tf.DType | None) -> _RestoreOps:
+    """One RestoreV2 of every key (the step's too), each variable's with its full shape as a slice
+    spec so that a tensor of another shape fails the read, then the assignments."""
+    keys = list(plan.var_list)
+    variables = [plan.var_list[key] for key in keys]
+    specs = [_full_slice(v.shape) for v in variables]
+    dtypes = [v.dtype.base_dtype for v in variables]
+    if step_key is not None:
+        keys, specs, dtypes = [*keys, step_key], [*specs, ""], [*dtypes, step_dtype]
+    with tf.name_scope("evaluator_restore"):
+        filename = tf.compat.v1.placeholder(tf.string, [], name="prefix")
+        with tf.device("/cpu:0"):
+            tensors = tf.raw_ops.RestoreV2(prefix=filename, tensor_names=keys, shape_and_slices=specs, dtypes=dtypes)
+        restore = tf.group(*(v.assign(t, read_value=False) for v, t in zip(variables, tensors)))
+        step = tf.cast(tensors[-1], tf.int64) if step_key is not None else tf.constant(-1, tf.int64)
+    # Scalars have no slice spec: their shape is checked only when planned from the catalog.
+    return _RestoreOps(restore=restore.name, filename=filename, step=step, has_step=step_key is not None,
+                       checks_shapes=all(v.shape.rank for v in variables))
+
+
+def _saver_ops(graph: tf.Graph, plan: _Plan, step_key: str | None, step_dtype: tf.DType | None) -> _RestoreOps:
+    """A Saver's restore op for the key map (partitioned variables and large models), the step read beside it."""
+    saver = tf.compat.v1.train.Saver(var_list=plan.var_list, sharded=False, allow_empty=False)
+    filename = graph.get_tensor_by_name(saver.saver_def.filename_tensor_name)
+    step: Any = tf.constant(-1, tf.int64)
+    if step_key is not None:
+        read = tf.raw_ops.RestoreV2(prefix=filename, tensor_names=[step_key], shape_and_slices=[""],
+                                    dtypes=[step_dtype])[0]
+        step = tf.cast(read, tf.int64)
+    return _RestoreOps(restore=saver.saver_def.restore_op_name, filename=filename, step=step,
+                       has_step=step_key is not None)
+
+
+def _full_slice(shape: tf.TensorShape) -> str:
+    """RestoreV2's spec for the whole of a tensor of `shape` ("64 10 -:-"): the read checks the shape."""
+    dims = shape.as_list()
+    return f"{' '.join(map(str, dims))} {':'.join('-' for _ in dims)}" if dims else ""
 
 
 def ema_map(ema_name: str) -> dict[str, tf.Variable]:

@@ -89,13 +89,14 @@ class Run:
 
     # -- what is pending -----------------------------------------------------------------------
 
-    def observe(self) -> None:
-        """Read the state file and add the listed checkpoints without a row to the backlog."""
+    def observe(self) -> bool:
+        """Read the state file and add the listed checkpoints without a row to the backlog; returns
+        whether the directory was scanned too (a new family of names)."""
         try:
             state = self.source.listed()
         except StateFileError as err:
             self.state_file_problem(str(err))
-            return
+            return False
         self.state_file_problem(None)
         new, ignored, new_family = self.backlog.observe(state)
         for path in ignored:
@@ -103,21 +104,24 @@ class Run:
         self.detected(new, "state file")
         if new_family:  # its checkpoints already on disk (those the state file doesn't list) count too
             self.scan_disk()
+        return new_family
 
     def load_rows(self, store: Store) -> None:
         self.backlog.set_recorded(store.recorded(self.model_dir, self.name))
         self.rows_loaded_at = time.monotonic()
 
-    def rescan(self, store: Store, interval: float) -> None:
+    def rescan(self, store: Store, interval: float, disk: bool = True) -> None:
         """The safety net, every --rescan seconds: rows written by others (or removed by `evaluator
-        retry`), and checkpoints on disk that no event or state file reported."""
+        retry`), and checkpoints on disk that no event or state file reported (unless `disk` is
+        False: the directory was just scanned)."""
         self.last_rescan = time.monotonic()
         if self.last_rescan - self.rows_loaded_at >= interval:  # not just loaded
             try:
                 self.load_rows(store)
             except (DatabaseError, StoreWriteError) as err:
                 self.log.warning("cannot read the database; will try again", error=str(err))
-        self.scan_disk()
+        if disk:
+            self.scan_disk()
 
     def scan_disk(self) -> None:
         found = self.source.found(self.backlog.families)

@@ -60,14 +60,15 @@ def slow_task(directory: Path, seconds_per_batch: float, batches: int = 10) -> s
     batches (a real TensorFlow op, tf.numpy_function), for tests that need a long evaluation."""
     path = directory / f"slow_task_{time.monotonic_ns()}.py"
     path.write_text(f"""
-import sys, time
+import sys, threading
 sys.path.insert(0, {str(DIGITS)!r})
 import numpy as np
 import tensorflow as tf
 import digits_data, digits_model
 
 def _sleep(logits):
-    time.sleep({seconds_per_batch!r})
+    # (a timed wait rather than time.sleep, which libfaketime's clock_nanosleep fails with EINVAL)
+    threading.Event().wait({seconds_per_batch!r})
     return logits
 
 class SlowTask:

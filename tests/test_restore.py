@@ -113,6 +113,37 @@ def test_a_checkpoint_without_any_shadow_records_ema_false(tmp_path: Path) -> No
     assert (info.ema, info.step) == (False, 77)
 
 
+def test_one_restorer_across_checkpoints_of_every_shape(tmp_path: Path) -> None:
+    """After a checkpoint with every shadow, the next is restored with the same key map first: each
+    that differs (a shadow gone, no shadow, no step, a shape, a variable missing, deleted) still
+    gets exactly what a restorer of its own would give it, values, step, EMA and error alike."""
+    full = digits_tensors()
+    partial = dict(full)
+    del partial["layer2/biases/ExponentialMovingAverage"]
+    cases = [("full-1", full, 11), ("full-2", {n: t * 2 for n, t in full.items()}, 12), ("partial-3", partial, 13),
+             ("full-4", full, None), ("plain-5", digits_tensors(shadows=False), 15), ("full-6", full, 16),
+             ("narrow-7", digits_tensors(hidden=32), 17), ("full-8", full, 18),
+             ("renamed-9", {n.replace("layer1", "other"): t for n, t in full.items()}, 19), ("full-10", full, 20)]
+    written = [(write_checkpoint(tmp_path / name, tensors, step), tensors) for name, tensors, step in cases]
+    gone = write_checkpoint(tmp_path / "gone-11", full, 21)
+    for path in tmp_path.glob("gone-11.*"):
+        path.unlink()
+    graph, session = two_layer_graph()
+    shared = Restorer(graph, ema=True)
+
+    def outcome(restorer: Restorer, ckpt: checkpoints.Checkpoint) -> tuple[object, ...]:
+        try:
+            info = restorer.restore(session, ckpt)
+        except (CheckpointError, CheckpointMissing) as err:
+            return (type(err).__name__, str(err))
+        return (info.step, info.ema, *(value(graph, session, n).tobytes() for n in
+                                       ("layer1/weights", "layer1/biases", "layer2/weights", "layer2/biases")))
+
+    for ckpt, _ in [*written, (gone, full)]:
+        assert outcome(shared, ckpt) == outcome(Restorer(graph, ema=True), ckpt), ckpt.name
+    assert outcome(shared, written[2][0])[1] is True  # the partial one: EMA where there is a shadow
+
+
 def test_missing_variables_are_named(tmp_path: Path) -> None:
     ckpt = write_checkpoint(tmp_path / "m-1", digits_tensors())
     graph, session = two_layer_graph(scope="renamed_layer")

@@ -1,8 +1,10 @@
-"""Stage `pool`: 10. the claim per checkpoint on SQLite and PostgreSQL, and one vs two `watch`
-workers sharing a PostgreSQL database."""
+"""Stage `pool`: 10. the claim per checkpoint on SQLite and PostgreSQL; the claim, the row and the
+best-export decision (under the pool's lock, from every worker's rows) with one and three workers at
+once on each backend; and one vs two `watch` workers sharing a PostgreSQL database."""
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import subprocess
 import sys
@@ -49,6 +51,10 @@ def measure(work: Path, sizes: Sizes) -> dict[str, Any]:
             claim_ms[backend] = 1000 * statistics.median(claims)
             row_ms[backend] = 1000 * statistics.median(records)
             store.release()
+        deciding = {backend: {workers: _decisions(url if backend == "sqlite" else server.create_database(),
+                                                  work / f"decide-{backend}-{workers}", workers, sizes.pool_claims)
+                              for workers in (1, 3)}
+                    for backend, url in (("sqlite", f"sqlite:///{work / 'decide.db'}"), ("postgresql", None))}
         model_dir = work / "pool"
         workload.write_checkpoints(str(model_dir), sizes.pool_checkpoints)
         per_minute = {}
@@ -68,8 +74,73 @@ def measure(work: Path, sizes: Sizes) -> dict[str, Any]:
     finally:
         for _ in server_gen:
             pass
-    return {"pool": {"claim_ms": claim_ms, "row_ms": row_ms, "checkpoints": sizes.pool_checkpoints, "per_minute": per_minute,
+    return {"pool": {"claim_ms": claim_ms, "row_ms": row_ms, "deciding": deciding,
+                     "checkpoints": sizes.pool_checkpoints, "per_minute": per_minute,
                      "speedup": per_minute[2] / per_minute[1], "parameters": workload.parameters()}}
+
+
+def _decisions(url: str, work: Path, workers: int, checkpoints: int) -> dict[str, float]:
+    """`workers` processes at once, each claiming, recording and deciding the kept best (keep 3) for
+    its share of `checkpoints` (each better than the last, so every decision changes what is kept):
+    the median and 95th percentile of each step, in ms, over all workers."""
+    from evaluator.store import Store
+
+    model_dir = work / "model"
+    model_dir.mkdir(parents=True)
+    for step in range(checkpoints):
+        (model_dir / f"model.ckpt-{step}.index").write_bytes(b"i" * 1000)
+        (model_dir / f"model.ckpt-{step}.data-00000-of-00001").write_bytes(b"d" * 100_000)
+    with Store.open(url, create=True) as store:
+        store.upgrade()
+    shares = [list(range(index, checkpoints, workers)) for index in range(workers)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        timings = pool.starmap(_decide_worker, [(url, str(work), share) for share in shares])
+    found: dict[str, float] = {}
+    for step in ("claim", "row", "decision"):
+        values = sorted(t for worker in timings for t in worker[step])
+        found[f"{step}_ms"] = 1000 * statistics.median(values)
+        found[f"{step}_p95_ms"] = 1000 * values[int(0.95 * (len(values) - 1))]
+    return found
+
+
+def _decide_worker(url: str, work: str, steps: list[int]) -> dict[str, list[float]]:
+    import os
+
+    import structlog
+
+    from evaluator import checkpoints
+    from evaluator.actions import Recorded
+    from evaluator.actions.export import BestExport
+    from evaluator.evaluation import CheckpointKey, Evaluation, Status
+    from evaluator.store import Store
+
+    structlog.configure(logger_factory=structlog.ReturnLoggerFactory())  # no log lines in the timings
+    model_dir = os.path.join(work, "model")
+    timings: dict[str, list[float]] = {"claim": [], "row": [], "decision": []}
+    with Store.open(url, create=False) as store:
+        owner = f"bench-{os.getpid()}"
+        action = BestExport(os.path.join(work, "best"), model_dir, None, 3, ("checkpoint",), structlog.get_logger(),
+                            store, "default")
+        for step in steps:
+            name = f"model.ckpt-{step}"
+            key = CheckpointKey(model_dir, "default", name, "f")
+            start = time.perf_counter()
+            store.claim(key, owner, lease=90)
+            timings["claim"].append(time.perf_counter() - start)
+            held = checkpoints.hold(os.path.join(model_dir, name))
+            accuracy = step / (len(steps) * 10)
+            row = Evaluation(model_dir, name, step, Status.OK, datetime.now(timezone.utc), fingerprint="f",
+                             accuracy=accuracy, loss=1 - accuracy, examples=10,
+                             metrics={"validation": {"accuracy": accuracy, "loss": 1 - accuracy, "examples": 10}},
+                             goals={"accuracy": "max", "loss": "min"})
+            start = time.perf_counter()
+            store.record(row, owner=owner)
+            timings["row"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            action.after(Recorded(row, held))
+            timings["decision"].append(time.perf_counter() - start)
+            checkpoints.release(held)
+    return timings
 
 
 def table_rows(results: dict[str, Any]) -> list[Row]:
@@ -83,6 +154,12 @@ def table_rows(results: dict[str, Any]) -> list[Row]:
                  f"SQLite {claims['sqlite']:.1f} ms, PostgreSQL {claims['postgresql']:.1f} ms; the row (and "
                  f"dropping the claim): {recorded['sqlite']:.1f} ms, {recorded['postgresql']:.1f} ms",
                  "", f"< {TARGETS['claim_ms']:.0f} ms", met(max(claims.values()) < TARGETS["claim_ms"])))
+    for backend, by_workers in pool.get("deciding", {}).items():
+        one, three = (by_workers.get(n, by_workers.get(str(n))) for n in (1, 3))  # (str keys once read from JSON)
+        rows.append((f"10. claim, row and best-export decision, {backend}, 1 and 3 workers at once",
+                     " · ".join(f"{step} {one[f'{step}_ms']:.1f} / {three[f'{step}_ms']:.1f} ms "
+                                f"(p95 {one[f'{step}_p95_ms']:.1f} / {three[f'{step}_p95_ms']:.1f})"
+                                for step in ("claim", "row", "decision")), "", "", ""))
     rows.append((f"10. workers sharing PostgreSQL, {pool['checkpoints']} checkpoints of {pool['parameters'] / 1e6:.1f} M params",
                  f"one: {pool['per_minute'][1]:.0f}/min, two: {pool['per_minute'][2]:.0f}/min "
                  f"({pool['speedup']:.2f}x; both on this machine's cores)", "", "", ""))

@@ -3,17 +3,20 @@ exported. The loop does not know what they do; it calls each in turn.
 
 Every action runs after its row is in the database, so a crash can repeat an action but never
 lose a row; each is idempotent (keyed by step or checkpoint), and at start each catches up with
-what the database holds (the database is the truth). An action that fails logs a warning: it
-never stops the evaluation of the next checkpoint.
+what the database holds (the database is the truth). In a pool, what several workers write to one
+place (the kept best, a summary directory) is written under a lock the store gives
+(`Shared.exclusive`), one worker at a time, from what the database holds at that moment. An action
+that fails logs a warning: it never stops the evaluation of the next checkpoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from evaluator.evaluation import Evaluation
+from evaluator.evaluation import Evaluation, Ranking
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,14 @@ class Recorded:
     held: dict[str, Any]
     #: The evaluation model, holding this checkpoint's (averaged) weights until the next one.
     model: Any = None
+
+
+class Shared(Protocol):
+    """What actions ask of the store: a lock across the pool, and the best rows of all workers."""
+
+    def exclusive(self, scope: str) -> AbstractContextManager[None]: ...
+
+    def top(self, model_dir: str, name: str, metric: str | None, limit: int) -> Ranking: ...
 
 
 class Action(Protocol):

@@ -1,33 +1,41 @@
 """The best checkpoints kept where training's `max_to_keep` cannot delete them, and exported.
 
-When a checkpoint enters the best `keep` by the chosen metric (in the metric's direction), its files
-go to EXPORT_DIR (default MODEL_DIR/export/best): hard links when on the same file system, else
-copies, each written under a temporary name and renamed, with a `checkpoint` state file of its own
-so `tf.train.latest_checkpoint(EXPORT_DIR)` finds the best. The files are copied from descriptors
-opened before the evaluation, so a checkpoint that training deleted meanwhile is still kept.
-Optionally a SavedModel (`savedmodel/<step>/`) or a frozen GraphDef (`frozen/<step>.pb`) of the
-weights that were evaluated (the averages) is written beside it, also atomically.
+The best `keep` rows by the chosen metric (in the metric's direction, ties to the lowest step: what
+`report --best` names) are decided from the database, every worker's rows, and written by one
+worker at a time (the store's lock on EXPORT_DIR). Their files go to EXPORT_DIR (default
+MODEL_DIR/export/best): hard links when on the same file system, else copies, each written under a
+temporary name and renamed, with a `checkpoint` state file of its own naming the best, so
+`tf.train.latest_checkpoint(EXPORT_DIR)` finds it. A checkpoint this worker evaluated is placed from
+descriptors opened before the evaluation, so one that training deleted meanwhile is still kept;
+another worker's is placed from the model directory while it is there, else by that worker.
 
-`best.json` lists what is kept; at start it is reconciled with the database's rows.
+Optionally a SavedModel (`savedmodel/<step>/`) or a frozen GraphDef (`frozen/<step>.pb`) of the
+weights that were evaluated (the averages) is written beside it, also atomically, by the worker that
+has them loaded; one whose worker stopped first is written at the next start, restored from the
+kept files. `best.json` lists what is kept, each export's state ("written", "pending" while the
+worker that evaluated it has not yet written it, "failed: ...") and the best rows whose files were
+gone before they could be kept.
 """
 
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import shutil
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from evaluator import checkpoints
-from evaluator.actions import Recorded
+from evaluator.actions import Recorded, Shared
 from evaluator.errors import first_line
-from evaluator.evaluation import MIN, Evaluation, Status
+from evaluator.evaluation import MIN, Evaluation, Ranking, Status
 
 MANIFEST = "best.json"
 FORMATS = ("checkpoint", "savedmodel", "frozen")
+WRITTEN, PENDING = "written", "pending"
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,19 @@ class Kept:
     step: int | None
     value: float
     files: list[str]
+    #: Export format -> WRITTEN, PENDING or "failed: why".
+    exports: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What best.json says is kept."""
+
+    metric: str | None = None
+    goal: str | None = None
+    kept: list[Kept] = field(default_factory=list)
+    #: The best rows whose files were gone before they could be kept: {checkpoint, step, value}.
+    unavailable: list[dict[str, Any]] = field(default_factory=list)
 
 
 class BestExport:
@@ -46,123 +67,131 @@ class BestExport:
     name = "export"
 
     def __init__(self, directory: str, model_dir: str, metric: str | None, keep: int, formats: tuple[str, ...],
-                 log: Any) -> None:
+                 log: Any, shared: Shared, evaluation: str, model: Any = None) -> None:
         self.directory = directory
         self.model_dir = model_dir
         self.metric = metric
         self.keep = keep
         self.formats = formats
         self.log = log
-        self.goal: str | None = None
-        self.kept: list[Kept] = self._load()
+        self.shared = shared
+        #: The evaluation's name (--name): the rows ranked are this model directory's under it.
+        self.evaluation = evaluation
+        #: The evaluation model: for exports restored from the kept files at start.
+        self.model = model
+        manifest = _load(directory)
+        self.goal: str | None = manifest.goal
+        self.kept: list[Kept] = manifest.kept
+        #: A decision failed (the database away): the next batch decides, whatever it holds.
+        self._stale = False
 
     # -- the action -------------------------------------------------------------------------------
 
     def catch_up(self, rows: Iterable[Evaluation]) -> None:
-        """Rows better than what is kept (a crash before the export): keep them if their files are still there."""
-        ok = [row for row in rows if row.status is Status.OK]
-        self._choose_metric(ok)
-        for row in sorted(ok, key=self._rank)[: self.keep]:
-            if self._qualifies(row) and checkpoints.exists(os.path.join(self.model_dir, row.checkpoint)):
-                held = checkpoints.hold(os.path.join(self.model_dir, row.checkpoint))
-                try:
-                    self._keep(row, held, None)
-                finally:
-                    checkpoints.release(held)
+        """At start: what the rows call for (a crash before an export; rows from before --keep-best),
+        the exports left pending by a worker that stopped first written from the kept files."""
+        self._decide({}, at_start=True)
 
     def after(self, recorded: Recorded) -> None:
-        row = recorded.evaluation
-        if row.status is not Status.OK:
-            return
-        self._choose_metric([row])
-        if self._qualifies(row):
-            self._keep(row, recorded.held, recorded.model)
+        self.after_many([recorded])
 
     def after_many(self, recorded: list[Recorded]) -> None:
-        """A batch: only its best `keep` rows can enter the best kept (any other has `keep` better
-        ones beside it), so only they are considered, by step as they came."""
-        ok = [one for one in recorded if one.evaluation.status is Status.OK]
-        self._choose_metric([one.evaluation for one in ok])
-        best = {id(one) for one in sorted(ok, key=lambda one: self._rank(one.evaluation))[: self.keep]}
-        for one in recorded:
-            if id(one) in best:
-                self.after(one)
+        """Rows just written: decide again, unless none of them can enter what is kept."""
+        ours = {one.evaluation.checkpoint: one for one in recorded if one.evaluation.status is Status.OK}
+        if not ours:
+            return
+        manifest = _load(self.directory)
+        if self._stale or any(self._may_enter(one.evaluation, manifest) for one in ours.values()):
+            self._decide(ours)
 
     def close(self) -> None:
         pass
 
-    # -- choosing ---------------------------------------------------------------------------------
+    # -- deciding ---------------------------------------------------------------------------------
 
-    def _choose_metric(self, rows: list[Evaluation]) -> None:
-        """The default metric is accuracy, else (a regression) loss; the direction is the row's."""
-        if self.metric is None and rows:
-            self.metric = "accuracy" if any(r.value("accuracy") is not None for r in rows) else "loss"
-        if self.goal is None and self.metric is not None:
-            name = self.metric.rpartition("/")[2]
-            for row in rows:
-                if row.goals and name in row.goals:
-                    self.goal = row.goals[name]
-                    break
-            else:
-                if rows:
-                    self.goal = MIN if name == "loss" else "max"
-
-    def _rank(self, row: Evaluation) -> tuple[float, int]:
-        value = row.value(self.metric or "accuracy")
-        if value is None:
-            return (float("inf"), 0)
-        return ((value if self.goal == MIN else -value), row.step or 0)
-
-    def _better(self, value: float, than: float) -> bool:
-        return value < than if self.goal == MIN else value > than
-
-    def _qualifies(self, row: Evaluation) -> bool:
-        value = row.value(self.metric or "accuracy")
-        if value is None or any(k.checkpoint == row.checkpoint and k.step == row.step for k in self.kept):
-            return False
-        if len(self.kept) < self.keep:
+    def _may_enter(self, row: Evaluation, manifest: Manifest) -> bool:
+        """False only when best.json (as any worker last wrote it) holds `keep` checkpoints, all better
+        (or the row itself, its exports written)."""
+        if manifest.goal is None or len(manifest.kept) < self.keep or manifest.unavailable:
             return True
-        return self._better(value, self._worst().value)
+        name = os.path.basename(row.checkpoint)
+        if any(k.checkpoint == name and k.step == row.step and PENDING in k.exports.values() for k in manifest.kept):
+            return True  # kept by another worker, its exports left to this one, which has the weights
+        value = row.value(manifest.metric or "accuracy")
+        if value is None:
+            return False
+        rank = _rank(value, row.step, manifest.goal)
+        return any(rank < _rank(k.value, k.step, manifest.goal) for k in manifest.kept)
 
-    def _worst(self) -> Kept:
-        return max(self.kept, key=lambda k: (k.value if self.goal == MIN else -k.value))
+    def _decide(self, ours: dict[str, Recorded], at_start: bool = False) -> None:
+        """Under the lock: the best rows of the database, their files placed, the others' removed."""
+        self._stale = True  # until it is done: a database away leaves it to the next batch
+        with self.shared.exclusive(f"best\0{self.directory}"):
+            ranking = self.shared.top(self.model_dir, self.evaluation, self.metric, self.keep)
+            if ranking.goal is not None:
+                self._apply(ranking, ours, at_start)
+        self._stale = False
 
-    # -- keeping ----------------------------------------------------------------------------------
-
-    def _keep(self, row: Evaluation, held: dict[str, Any], model: Any) -> None:
-        value = row.value(self.metric or "accuracy")
-        assert value is not None
-        if not held:
-            self.log.warning("the new best checkpoint's files were gone before they could be kept",
-                             checkpoint=row.checkpoint)
-            return
+    def _apply(self, ranking: Ranking, ours: dict[str, Recorded], at_start: bool) -> None:
+        before = _load(self.directory)
+        had = {(k.checkpoint, k.step): k for k in before.kept if self._present(k)}
+        kept: list[Kept] = []
+        unavailable: list[dict[str, Any]] = []
+        entered: list[Kept] = []
+        for row in ranking.rows:
+            value = row.value(ranking.metric)
+            assert value is not None
+            name = os.path.basename(row.checkpoint)
+            known = had.get((name, row.step))
+            if known is not None:
+                kept.append(replace(known, value=value))
+                continue
+            files = self._place_row(row, ours)
+            if files is None:
+                unavailable.append({"checkpoint": name, "step": row.step, "value": value})
+                continue
+            entry = Kept(checkpoint=name, step=row.step, value=value, files=files,
+                         exports={fmt: PENDING for fmt in self._exports()})
+            kept.append(entry)
+            entered.append(entry)
         os.makedirs(self.directory, exist_ok=True)
-        names = self._place(held)
-        kept = Kept(checkpoint=os.path.basename(row.checkpoint), step=row.step, value=value, files=names)
-        self.kept.append(kept)
-        dropped = []
-        while len(self.kept) > self.keep:
-            worst = self._worst()
-            self.kept.remove(worst)
-            dropped.append(worst)
-        self._save()
-        for old in dropped:
-            self._remove(old)
-        self.log.info("best checkpoint kept", checkpoint=row.checkpoint, step=row.step, metric=self.metric,
-                      value=round(value, 6), directory=self.directory, kept=len(self.kept))
-        if model is not None:
-            self._export(kept, model)
-        elif set(self.formats) - {"checkpoint"}:
-            self.log.info("the SavedModel / frozen graph of a best checkpoint found at start is not written "
-                          "(its weights are not loaded); the next best gets one", checkpoint=row.checkpoint)
+        kept = [self._export(entry, ours, at_start) for entry in kept]
+        manifest = Manifest(ranking.metric, ranking.goal, kept, unavailable)
+        _save(self.directory, manifest)
+        self._sweep(manifest)
+        self.goal, self.kept = ranking.goal, kept
+        for entry in entered:
+            self.log.info("best checkpoint kept", checkpoint=entry.checkpoint, step=entry.step, metric=ranking.metric,
+                          value=round(entry.value, 6), directory=self.directory, kept=len(kept))
+        for gone in unavailable:
+            if not any(u["checkpoint"] == gone["checkpoint"] for u in before.unavailable):
+                self.log.warning("a best checkpoint's files were gone before they could be kept", **gone)
+
+    def _place_row(self, row: Evaluation, ours: dict[str, Recorded]) -> list[str] | None:
+        """A best row's files into the directory: from what this worker held open while it evaluated
+        it, else from the model directory; None if they are gone."""
+        if row.checkpoint in ours and ours[row.checkpoint].held:
+            return self._place(ours[row.checkpoint].held)
+        path = os.path.join(self.model_dir, row.checkpoint)
+        if not checkpoints.exists(path):
+            return None
+        held = checkpoints.hold(path)
+        try:
+            return self._place(held) if held else None
+        finally:
+            checkpoints.release(held)
+
+    def _present(self, kept: Kept) -> bool:
+        return bool(kept.files) and all(os.path.exists(os.path.join(self.directory, name)) for name in kept.files)
 
     def _place(self, held: dict[str, Any]) -> list[str]:
         """Link (or copy) every file in, data before the index, each through a temporary name."""
+        os.makedirs(self.directory, exist_ok=True)
         order = sorted(held, key=lambda name: name.endswith(checkpoints.INDEX_SUFFIX))
         for name in order:
             handle = held[name]
             target = os.path.join(self.directory, name)
-            temporary = os.path.join(self.directory, f".{name}.tmp")
+            temporary = os.path.join(self.directory, f".{name}.tmp-{os.getpid()}")
             _remove_file(temporary)
             if not _link(handle, temporary):
                 handle.seek(0)
@@ -173,50 +202,92 @@ class BestExport:
             os.replace(temporary, target)
         return order
 
-    def _export(self, kept: Kept, model: Any) -> None:
-        for fmt in self.formats:
-            if fmt == "checkpoint":
+    # -- exporting --------------------------------------------------------------------------------
+
+    def _exports(self) -> list[str]:
+        return [fmt for fmt in self.formats if fmt != "checkpoint"]
+
+    def _export_path(self, fmt: str, step: int | None) -> str:
+        return os.path.join(self.directory, fmt, str(step if step is not None else 0) + (".pb" if fmt == "frozen" else ""))
+
+    def _export(self, entry: Kept, ours: dict[str, Recorded], at_start: bool) -> Kept:
+        """Write the entry's exports not written yet: by this worker if it has its weights loaded (it
+        evaluated it last), or at start from the kept files; else they stay pending."""
+        states = dict(entry.exports)
+        for fmt in self._exports():
+            target = self._export_path(fmt, entry.step)
+            if states.get(fmt) == WRITTEN and os.path.exists(target):
                 continue
-            step = kept.step if kept.step is not None else 0
-            target = os.path.join(self.directory, fmt, str(step) + (".pb" if fmt == "frozen" else ""))
+            mine = ours.get(entry.checkpoint)
+            loaded = mine is not None and mine.model is not None
+            if not loaded and not (at_start and self.model is not None):
+                states.setdefault(fmt, PENDING)  # (a failure stays said until one with the weights tries)
+                continue
+            model = mine.model if loaded and mine is not None else self.model
             try:
-                model.export(fmt, target, os.path.join(self.directory, kept.checkpoint))
+                model.export(fmt, target, os.path.join(self.directory, entry.checkpoint), restore=not loaded)
             except Exception as err:  # noqa: BLE001 - an export is never worth the daemon
-                self.log.warning(f"cannot write the {fmt} export", checkpoint=kept.checkpoint,
-                                 error=f"{type(err).__name__}: {first_line(err)}")
+                error = f"{type(err).__name__}: {first_line(err)}"
+                self.log.warning(f"cannot write the {fmt} export", checkpoint=entry.checkpoint, error=error)
+                states[fmt] = f"failed: {error}"
                 continue
-            self.log.info(f"{fmt} exported", path=target, step=step)
+            states[fmt] = WRITTEN
+            self.log.info(f"{fmt} exported", path=target, step=entry.step)
+        return replace(entry, exports=states)
 
-    def _remove(self, old: Kept) -> None:
-        if any(k.checkpoint == old.checkpoint for k in self.kept):
-            return
-        for name in old.files:
-            _remove_file(os.path.join(self.directory, name))
-        step = str(old.step if old.step is not None else 0)
-        shutil.rmtree(os.path.join(self.directory, "savedmodel", step), ignore_errors=True)
-        _remove_file(os.path.join(self.directory, "frozen", step + ".pb"))
+    # -- what else is there -----------------------------------------------------------------------
 
-    # -- the manifest and the state file ----------------------------------------------------------
+    def _sweep(self, manifest: Manifest) -> None:
+        """Remove what no kept entry names: checkpoints that left the best, exports of steps no longer
+        kept, temporary files of a worker killed while writing (no other writes while we hold the lock)."""
+        names = {name for k in manifest.kept for name in k.files}
+        steps = {str(k.step if k.step is not None else 0) for k in manifest.kept}
+        for path in glob.glob(os.path.join(self.directory, ".*.tmp*")):
+            _remove_path(path)
+        for path in glob.glob(os.path.join(self.directory, "*")):
+            name = os.path.basename(path)
+            if name not in names and _is_checkpoint_file(name):
+                _remove_file(path)
+        for fmt in FORMATS[1:]:
+            for path in glob.glob(os.path.join(self.directory, fmt, "*")):
+                base = os.path.basename(path)
+                step = base[:-3] if base.endswith(".pb") else base
+                if step not in steps or base.startswith("."):
+                    _remove_path(path)
 
-    def _load(self) -> list[Kept]:
-        try:
-            with open(os.path.join(self.directory, MANIFEST)) as handle:
-                entries = json.load(handle)["kept"]
-            return [Kept(**entry) for entry in entries]
-        except (OSError, ValueError, KeyError, TypeError):
-            return []
 
-    def _save(self) -> None:
-        """best.json and the `checkpoint` state file (the best first), each written then renamed."""
-        ordered = sorted(self.kept, key=lambda k: (k.value if self.goal == MIN else -k.value))
-        _write_atomically(os.path.join(self.directory, MANIFEST),
-                          json.dumps({"metric": self.metric, "goal": self.goal,
-                                      "kept": [asdict(k) for k in ordered]}, indent=2) + "\n")
-        prefixes = [k.checkpoint for k in ordered if not checkpoints.is_weight_file(k.checkpoint)]
-        if prefixes:
-            by_step = sorted(prefixes, key=lambda name: next(k.step or 0 for k in ordered if k.checkpoint == name))
-            lines = [f'model_checkpoint_path: "{prefixes[0]}"'] + [f'all_model_checkpoint_paths: "{p}"' for p in by_step]
-            _write_atomically(os.path.join(self.directory, checkpoints.STATE_FILE), "\n".join(lines) + "\n")
+def _rank(value: float, step: int | None, goal: str) -> tuple[float, int]:
+    return ((value if goal == MIN else -value), step or 0)
+
+
+def _is_checkpoint_file(name: str) -> bool:
+    return (name.endswith(checkpoints.INDEX_SUFFIX) or ".data-" in name or checkpoints.is_weight_file(name))
+
+
+# -- the manifest and the state file ----------------------------------------------------------------
+
+def _load(directory: str) -> Manifest:
+    try:
+        with open(os.path.join(directory, MANIFEST)) as handle:
+            found = json.load(handle)
+        return Manifest(found.get("metric"), found.get("goal"), [Kept(**entry) for entry in found["kept"]],
+                        list(found.get("unavailable", [])))
+    except (OSError, ValueError, KeyError, TypeError):
+        return Manifest()
+
+
+def _save(directory: str, manifest: Manifest) -> None:
+    """best.json and the `checkpoint` state file (the best first), each written then renamed."""
+    _write_atomically(os.path.join(directory, MANIFEST), json.dumps(asdict(manifest), indent=2) + "\n")
+    prefixes = [k.checkpoint for k in manifest.kept if not checkpoints.is_weight_file(k.checkpoint)]
+    state = os.path.join(directory, checkpoints.STATE_FILE)
+    if not prefixes:
+        _remove_file(state)
+        return
+    steps = {k.checkpoint: k.step or 0 for k in manifest.kept}
+    by_step = sorted(prefixes, key=lambda name: steps[name])
+    lines = [f'model_checkpoint_path: "{prefixes[0]}"'] + [f'all_model_checkpoint_paths: "{p}"' for p in by_step]
+    _write_atomically(state, "\n".join(lines) + "\n")
 
 
 def _link(handle: Any, target: str) -> bool:
@@ -233,7 +304,7 @@ def _link(handle: Any, target: str) -> bool:
 
 
 def _write_atomically(path: str, text: str) -> None:
-    temporary = path + ".tmp"
+    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
     with open(temporary, "w") as handle:
         handle.write(text)
         handle.flush()
@@ -246,3 +317,10 @@ def _remove_file(path: str) -> None:
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+def _remove_path(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        _remove_file(path)

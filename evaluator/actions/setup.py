@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from evaluator.actions import Action
+from evaluator.actions import Action, Shared
 from evaluator.errors import ConfigError
 from evaluator.evaluation import DEFAULT_NAME
 from evaluator.options import WatchOptions
@@ -33,30 +33,37 @@ def _per_run(directory: str, model_dir: str, several: bool) -> str:
     return os.path.join(directory, model_dir.strip(os.sep).replace(os.sep, "_")) if several else directory
 
 
-def check_actions(options: WatchOptions, model: Any, several: bool = False) -> None:
-    """ConfigError for what the actions asked for cannot do with this model (before the database)."""
+def check_actions(options: WatchOptions, model: Any, model_dirs: list[str], several: bool = False) -> None:
+    """ConfigError for what the actions asked for cannot do with this model or these directories
+    (before the database)."""
     if options.export and model.artifact is not None:
         raise ConfigError(f"--export does not apply to --{model.artifact}: the exported models are kept where "
                           "they are")
-    if options.keep_best > 0:
+    if options.keep_best > 0 and model.artifact is None:  # exported models stay where they are
+        for model_dir in model_dirs:
+            check_export_dir(export_dir(options, model_dir, several), model_dir)
         check_best_metric(options.best_metric, model)
         if "frozen" in options.export and model.kind != "graph":
             raise ConfigError("--export frozen writes a frozen tf.compat.v1 GraphDef: it is for graph tasks "
                               "(inference()); a TF2 task exports --export savedmodel")
 
 
-def build_actions(options: WatchOptions, model_dir: str, model: Any, log: Any, several: bool = False) -> list[Action]:
-    """The actions of one model directory."""
+def build_actions(options: WatchOptions, model_dir: str, model: Any, log: Any, shared: Shared,
+                  several: bool = False) -> list[Action]:
+    """The actions of one model directory (ConfigError for an export directory that is the model
+    directory itself: what leaves the best is removed from it)."""
     actions: list[Action] = []
     if options.summaries:
         from evaluator.actions.summaries import Summaries
 
-        actions.append(Summaries(summary_dir(options, model_dir, several), log))
+        actions.append(Summaries(summary_dir(options, model_dir, several), log, shared))
     if options.keep_best > 0 and model.artifact is None:  # exported models stay where they are
         from evaluator.actions.export import BestExport
 
-        actions.append(BestExport(export_dir(options, model_dir, several), model_dir, options.best_metric,
-                                  options.keep_best, ("checkpoint", *options.export), log))
+        directory = export_dir(options, model_dir, several)
+        check_export_dir(directory, model_dir)
+        actions.append(BestExport(directory, model_dir, options.best_metric, options.keep_best,
+                                  ("checkpoint", *options.export), log, shared, options.name, model))
     return actions
 
 
@@ -70,3 +77,11 @@ def check_best_metric(metric: str | None, model: Any) -> None:
         sets = f"; validation sets: {', '.join(model.sets.names)}" if model.sets.named else ""
         raise ConfigError(f"--best-metric {metric}: this task computes {', '.join(names)}{sets} "
                           "(SET/NAME chooses another set than the first)")
+
+
+def check_export_dir(directory: str, model_dir: str) -> None:
+    """ConfigError if the best would be kept in the model directory itself, where what leaves the
+    best is removed (training's own checkpoints)."""
+    if os.path.realpath(directory) == os.path.realpath(model_dir):
+        raise ConfigError(f"--export-dir {directory} is the model directory: the best kept needs a directory "
+                          "of its own (checkpoints that leave the best are removed from it)")

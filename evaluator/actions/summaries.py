@@ -2,8 +2,12 @@
 beside training's (by default MODEL_DIR/eval, Estimator's convention, so `tensorboard --logdir
 MODEL_DIR` shows train and eval together).
 
-One point per step and tag, also across `kill -9` and restarts: at start the event files already
-there are read, and the points recorded rows lack there are written (the rows are the truth).
+One point per step and tag, also across `kill -9`, restarts and a pool of workers: each point is
+written by the worker that recorded its row; at start the event files already there are read, and
+the points recorded rows lack there are written (the rows are the truth). Both are done under the
+store's lock on the directory, flushed before it is let go, and a writer that takes the lock first
+reads the event files that appeared since it last looked (another worker's start-up fill-in): no
+worker writes a point another has written.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import functools
 import glob
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from evaluator.actions import Recorded
+from evaluator.actions import Recorded, Shared
+from evaluator.errors import StoreWriteError
 from evaluator.evaluation import EXAMPLES, Evaluation, Status
 
 EVENTS = "events.out.tfevents.*"
@@ -42,20 +48,20 @@ def tags(evaluation: Evaluation) -> dict[str, float]:
             for dataset, values in metrics.items() for name, value in values.items() if name != EXAMPLES}
 
 
-def written(directory: str) -> set[tuple[int, str]]:
-    """(step, tag) of every scalar in the event files of `directory` (a truncated last record, from
-    a process killed while writing, ends that file's reading)."""
+def written(directory: str, paths: Iterable[str] | None = None) -> set[tuple[int, str]]:
+    """(step, tag) of every scalar in the event files of `directory` (or in `paths`); a truncated
+    last record, from a process killed while writing, ends that file's reading."""
     import tensorflow as tf
     from tensorflow.python.util import deprecation  # summary_iterator is the reader TensorBoard's docs give
 
     found: set[tuple[int, str]] = set()
     with deprecation.silence():
-        for path in sorted(glob.glob(os.path.join(directory, EVENTS))):
+        for path in sorted(glob.glob(os.path.join(directory, EVENTS)) if paths is None else paths):
             try:
                 for event in tf.compat.v1.train.summary_iterator(path):
                     for value in event.summary.value:
                         found.add((event.step, value.tag))
-            except (tf.errors.DataLossError, tf.errors.OutOfRangeError):
+            except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.NotFoundError):
                 continue
     return found
 
@@ -65,34 +71,66 @@ class Summaries:
 
     name = "summaries"
 
-    def __init__(self, directory: str, log: Any) -> None:
+    def __init__(self, directory: str, log: Any, shared: Shared) -> None:
         self.directory = directory
         self.log = log
+        self.shared = shared
         self._writer: Any = None
         self._written: set[tuple[int, str]] = set()
+        #: The event files read (or written by this worker) so far.
+        self._seen: set[str] = set()
+        #: Rows whose points wait for the lock (the database was away when they came).
+        self._deferred: list[Evaluation] = []
 
     def catch_up(self, rows: Iterable[Evaluation]) -> None:
-        self._written = written(self.directory)
-        missing = 0
-        for row in rows:
-            missing += self._write(row)
+        rows = list(rows)
+        with self._exclusive():
+            missing = sum(self._write(row, flush=False) for row in rows)
         if missing:
             self.log.info("summaries filled in from the database", directory=self.directory, points=missing)
 
     def after(self, recorded: Recorded) -> None:
-        self._write(recorded.evaluation)
+        self.after_many([recorded])
 
     def after_many(self, recorded: list[Recorded]) -> None:
-        """A batch's points, flushed to the event file once."""
-        for one in recorded:
-            self._write(one.evaluation, flush=False)
-        if self._writer is not None:
-            self._writer.flush()
+        """A batch's points (and any deferred), flushed to the event file once, under the lock."""
+        self._deferred.extend(one.evaluation for one in recorded)
+        rows, self._deferred = self._deferred, []
+        try:
+            with self._exclusive():
+                for row in rows:
+                    self._write(row, flush=False)
+        except StoreWriteError:
+            self._deferred = rows  # written with the next batch, or at close
+            raise
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        try:
+            if self._deferred:
+                self.after_many([])
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The lock on the directory, the event files that appeared meanwhile read first, and what
+        was written flushed before it is let go."""
+        with self.shared.exclusive(f"summaries\0{self.directory}"):
+            self._read_new_files()
+            try:
+                yield
+            finally:
+                if self._writer is not None:
+                    self._writer.flush()
+                    self._seen.update(glob.glob(os.path.join(self.directory, EVENTS)))
+
+    def _read_new_files(self) -> None:
+        new = [path for path in glob.glob(os.path.join(self.directory, EVENTS)) if path not in self._seen]
+        if new:
+            self._written |= written(self.directory, new)
+            self._seen.update(new)
 
     def _write(self, row: Evaluation, flush: bool = True) -> int:
         """The row's points that the event files lack; returns how many."""

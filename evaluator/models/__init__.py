@@ -67,9 +67,10 @@ class EvalModel(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
-    def export(self, fmt: str, target: str, prefix: str) -> None:
+    def export(self, fmt: str, target: str, prefix: str, restore: bool = False) -> None:
         """Write `fmt` ("savedmodel", or "frozen" for graph tasks) of the checkpoint just evaluated
-        (its files kept at `prefix`) to `target`."""
+        (its files kept at `prefix`) to `target`; with `restore`, of the checkpoint at `prefix`
+        whatever was evaluated last."""
         ...
 
     def close(self) -> None: ...

@@ -186,7 +186,7 @@ class ArtifactModel:
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "device": self.device, "first": self.task.first, **describe_metrics(self)}
 
-    def export(self, fmt: str, target: str, prefix: str) -> None:
+    def export(self, fmt: str, target: str, prefix: str, restore: bool = False) -> None:
         raise TaskError(f"--export does not apply to --{self.kind}: the exports are kept where they are")
 
     def close(self) -> None:

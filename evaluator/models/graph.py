@@ -84,9 +84,10 @@ class GraphModel:
     def describe(self) -> dict[str, object]:
         return {"kind": self.kind, "device": self.device, "operations": self.operations, **describe_metrics(self)}
 
-    def export(self, fmt: str, target: str, prefix: str) -> None:
+    def export(self, fmt: str, target: str, prefix: str, restore: bool = True) -> None:
         """A SavedModel or a frozen GraphDef of the checkpoint at `prefix`, restored as evaluated
-        (models/export.py), from a serving graph of its own (a features placeholder, the inference)."""
+        (models/export.py), from a serving graph of its own (a features placeholder, the inference):
+        always from the files, so `restore` changes nothing."""
         from evaluator.models.export import graph_export
 
         graph_export(fmt, self.task, self.validator.sets.sets[0].feature_spec, prefix, ema=self.ema,

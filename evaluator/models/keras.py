@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import time
 import zipfile
 from collections import deque
@@ -32,7 +33,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf.trackable_object_graph_pb2 import TrackableObjectGraph
 
 from evaluator import checkpoints, data, metrics
-from evaluator.checkpoints import EMA_NAME, Checkpoint
+from evaluator.checkpoints import EMA_NAME, Checkpoint, step_from_name
 from evaluator.errors import (
     Abandoned,
     CheckpointError,
@@ -215,13 +216,18 @@ class KerasModel:
     def close(self) -> None:
         pass
 
-    def export(self, fmt: str, target: str, prefix: str) -> None:
+    def export(self, fmt: str, target: str, prefix: str, restore: bool = False) -> None:
         """A SavedModel of the model as it is now: right after an evaluation, the weights (averages)
-        that were evaluated. `prefix` is not read: the weights are in memory."""
+        that were evaluated; with `restore`, those of the checkpoint at `prefix`, restored first as
+        an evaluation would (the next evaluation restores its own)."""
         from evaluator.models.export import keras_savedmodel
 
         if fmt != "savedmodel":
             raise TaskError(f"a TF2 task exports a SavedModel, not {fmt}")
+        if restore:
+            checkpoint = Checkpoint(os.path.basename(prefix), prefix, step_from_name(prefix))
+            with tf.device(self.placement.tf_device):
+                (self._load_file if checkpoint.is_weight_file else self._restore)(checkpoint)
         keras_savedmodel(self.model, self.batches[0].signature[0],
                          lambda features: _forward(self.model, features, self._training_kwarg), target)
 

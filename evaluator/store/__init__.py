@@ -13,6 +13,7 @@ one way (workqueue, ledger, history -> database, rows; never back), and none imp
   workqueue.py  claims, leases and workers
   ledger.py     recording and forgetting rows, and keeping `series` right meanwhile
   history.py    the queries of `report`, `plot` and the export
+  locks.py      one worker at a time across the pool, for the files the rows decide (the kept best)
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from evaluator.store.database import (
 )
 from evaluator.store.history import HistoryQueries
 from evaluator.store.ledger import SERIES_LOCK, Ledger
+from evaluator.store.locks import ACTIONS_LOCK, Locks
 from evaluator.store.workqueue import Claim, WorkQueue
 
 __all__ = [
-    "MIGRATION_LOCK", "SERIES_LOCK", "SQLITE_BUSY_TIMEOUT", "SQLITE_SUFFIXES", "Claim", "Database", "SchemaMissing",
+    "ACTIONS_LOCK", "MIGRATION_LOCK", "SERIES_LOCK", "SQLITE_BUSY_TIMEOUT", "SQLITE_SUFFIXES", "Claim", "Database", "SchemaMissing",
     "SchemaState", "Store", "alembic_config", "default_url", "describe", "resolve_url",
 ]
 
 
-class Store(WorkQueue, Ledger, HistoryQueries):
+class Store(WorkQueue, Ledger, HistoryQueries, Locks):
     """Records evaluations and answers the questions the loop and the report ask."""

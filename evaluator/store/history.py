@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 
 from evaluator.errors import DatabaseError
-from evaluator.evaluation import MIN, Evaluation, History, Status
+from evaluator.evaluation import MIN, Evaluation, History, Ranking, Status
 from evaluator.schema import EvaluationRow, MetricRow, SeriesRow
 from evaluator.store.database import Database, _reason
 from evaluator.store.rows import _METRICS_CHUNK, _evaluation
@@ -84,48 +84,64 @@ class HistoryQueries(Database):
         for row in rows:
             yield _evaluation(row, found.get(row.id, []))
 
+    def top(self, model_dir: str, name: str, metric: str | None, limit: int) -> Ranking:
+        """The evaluation's best `limit` ok rows by `metric` (`NAME` or `SET/NAME`; default: accuracy,
+        else loss), best first, ties to the lowest step: what `report --best` names first."""
+        dataset, _, best_by = (metric or "").rpartition("/")
+        with self._reading() as session:
+            chosen, goal, rows = self._top(session, model_dir, name, best_by or None, dataset or None, limit)
+            return Ranking(metric if metric and chosen == best_by else chosen, goal,
+                           list(self._with_metrics(session, rows)) if rows else [])
+
     def _best(self, session: Session, model_dir: str, name: str, best_by: str | None,
               dataset: str | None) -> Evaluation | None:
         """The evaluation's best ok row by a metric, in the metric's direction (lowest step on ties)."""
+        _, _, rows = self._top(session, model_dir, name, best_by, dataset, 1)
+        return next(self._with_metrics(session, rows)) if rows else None
+
+    def _top(self, session: Session, model_dir: str, name: str, best_by: str | None, dataset: str | None,
+             limit: int) -> tuple[str, str | None, list[EvaluationRow]]:
+        """(the metric, its goal, the best `limit` rows by it): read along an index, whatever the history's size."""
         where = (EvaluationRow.model_dir == model_dir, EvaluationRow.name == name,
                  EvaluationRow.status == Status.OK.value)
         if dataset is None and best_by in (None, "accuracy", "loss"):  # the default set's columns, indexed
             # By accuracy; by loss when asked, or when no row has an accuracy (a regression).
             columns = {None: (EvaluationRow.accuracy, EvaluationRow.loss), "accuracy": (EvaluationRow.accuracy,),
                        "loss": (EvaluationRow.loss,)}[best_by]
+            top: list[EvaluationRow] = []
             for column in columns:
                 order = column.asc() if column is EvaluationRow.loss else column.desc()
-                top = session.scalars(select(EvaluationRow).where(*where, column.is_not(None))
-                                      .order_by(order, EvaluationRow.step.asc()).limit(1)).first()
-                if top is not None:
+                top = list(session.scalars(select(EvaluationRow).where(*where, column.is_not(None))
+                                           .order_by(order, EvaluationRow.step.asc()).limit(limit)))
+                if top:
                     break
-        else:
-            dataset = dataset or self._default_set(session, model_dir, name)
-            # The metric's rows of this evaluation on that set are one series: index (series_id, value).
-            series: dict[str, int | None] = {}
+            chosen = column.key
+            return chosen, (MIN if chosen == "loss" else "max") if top else None, top
+        dataset = dataset or self._default_set(session, model_dir, name)
+        # The metric's rows of this evaluation on that set are one series: index (series_id, value).
+        series: dict[str, int | None] = {}
 
-            def goal_of(metric: str) -> str | None:
-                series[metric] = session.scalar(select(SeriesRow.id).where(
-                    SeriesRow.model_dir == model_dir, SeriesRow.name == name, SeriesRow.dataset == dataset,
-                    SeriesRow.metric == metric))
-                if series[metric] is None:
-                    return None
-                # (ordered, so that PostgreSQL too reads it from the index, not by scanning `metrics`)
-                return session.scalar(select(MetricRow.goal).join(EvaluationRow, MetricRow.evaluation_id == EvaluationRow.id)
-                                      .where(*where, MetricRow.series_id == series[metric])
-                                      .order_by(MetricRow.value).limit(1))
-
-            goal = goal_of(best_by) if best_by else None
-            if best_by is None:  # accuracy, else (a regression) loss, on that set
-                best_by, goal = next(((m, g) for m in ("accuracy", "loss") if (g := goal_of(m)) is not None),
-                                     ("accuracy", None))
-            if goal is None:
+        def goal_of(metric: str) -> str | None:
+            series[metric] = session.scalar(select(SeriesRow.id).where(
+                SeriesRow.model_dir == model_dir, SeriesRow.name == name, SeriesRow.dataset == dataset,
+                SeriesRow.metric == metric))
+            if series[metric] is None:
                 return None
-            metric = (MetricRow.evaluation_id == EvaluationRow.id, MetricRow.series_id == series[best_by])
-            order = MetricRow.value.asc() if goal == MIN else MetricRow.value.desc()
-            top = session.scalars(select(EvaluationRow).join(MetricRow, and_(*metric)).where(*where)
-                                  .order_by(order, EvaluationRow.step.asc()).limit(1)).first()
-        return None if top is None else next(self._with_metrics(session, [top]))
+            # (ordered, so that PostgreSQL too reads it from the index, not by scanning `metrics`)
+            return session.scalar(select(MetricRow.goal).join(EvaluationRow, MetricRow.evaluation_id == EvaluationRow.id)
+                                  .where(*where, MetricRow.series_id == series[metric])
+                                  .order_by(MetricRow.value).limit(1))
+
+        goal = goal_of(best_by) if best_by else None
+        if best_by is None:  # accuracy, else (a regression) loss, on that set
+            best_by, goal = next(((m, g) for m in ("accuracy", "loss") if (g := goal_of(m)) is not None),
+                                 ("accuracy", None))
+        if goal is None:
+            return best_by, None, []
+        metric = (MetricRow.evaluation_id == EvaluationRow.id, MetricRow.series_id == series[best_by])
+        order = MetricRow.value.asc() if goal == MIN else MetricRow.value.desc()
+        return best_by, goal, list(session.scalars(select(EvaluationRow).join(MetricRow, and_(*metric)).where(*where)
+                                                   .order_by(order, EvaluationRow.step.asc()).limit(limit)))
 
     def known_metrics(self, model_dir: str | None = None, root: str | None = None) -> dict[str, set[str]]:
         """Validation set -> the metric names recorded for it (`report` checks what it is asked for)."""

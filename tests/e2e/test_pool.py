@@ -171,7 +171,9 @@ def _faketime_env(offset: str) -> dict[str, str]:
         if os.environ.get("EVALUATOR_REQUIRE_FAKETIME"):
             raise AssertionError("libfaketime is not installed (.ci/run installs Debian's faketime)")
         pytest.skip("libfaketime is not installed")
-    return cli_env(LD_PRELOAD=found[0], FAKETIME=offset)
+    # Only the wall clock is off, as on a machine without NTP: with the monotonic clock faked too,
+    # libfaketime's pthread_cond_timedwait never returns, and every timed wait (the heartbeat's) hangs.
+    return cli_env(LD_PRELOAD=found[0], FAKETIME=offset, FAKETIME_DONT_FAKE_MONOTONIC="1")
 
 
 def test_a_worker_whose_clock_is_ahead_takes_no_live_claim(tmp_path: Path, pg_url: str, daemons: list[Daemon]) -> None:
@@ -197,3 +199,96 @@ def test_a_worker_whose_clock_is_ahead_takes_no_live_claim(tmp_path: Path, pg_ur
     evaluations = started(normal) + started(ahead)
     assert Counter(evaluations).most_common(1)[0][1] == 1, Counter(evaluations)  # none evaluated twice
     assert started(ahead), "the skewed worker did none of the work: the test proves nothing"
+
+
+def _points(summary_dir: Path) -> Counter[tuple[int, str]]:
+    """How many times each (step, tag) is in a directory's TensorBoard event files."""
+    import tensorflow as tf
+
+    found: Counter[tuple[int, str]] = Counter()
+    for path in sorted(glob.glob(str(summary_dir / "events.out.tfevents.*"))):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    found[(event.step, value.tag)] += 1
+        except tf.errors.DataLossError:
+            continue
+    return found
+
+
+def test_a_pool_through_skew_kill_and_a_server_restart_is_one_system(tmp_path: Path, own_server: Any,
+                                                                     daemons: list[Daemon]) -> None:
+    """Three workers over three live runs: one with its clock two minutes ahead, one killed with -9
+    mid-evaluation (and started again, as systemd would), the PostgreSQL server restarted once. Every
+    checkpoint one row, evaluated once (the killed worker's at most twice); per run, export/best holds
+    exactly --keep-best checkpoints, the best first as `report --best` says; one TensorBoard point
+    per checkpoint and metric."""
+    url = own_server.create_database()
+    runs = [tmp_path / f"run{i}" for i in range(3)]
+    for run in runs:
+        run.mkdir()
+    task = slow_task(tmp_path, seconds_per_batch=0.25, batches=4)  # 1 s per checkpoint
+    args = (url, *map(str, runs[1:]), "--lease", "10", "--keep-best", "2", "--log-level", "debug", "--rescan", "2")
+    normal = Daemon(runs[0], *args, task=task)
+    ahead = Daemon(runs[0], *args, task=task, env=_faketime_env("+120s"))
+    victim = Daemon(runs[0], *args, task=task)
+    workers = [normal, ahead, victim]
+    for worker in workers:
+        daemons.append(worker.start())
+    for worker in workers:
+        worker.wait_ready(timeout=180)
+    trainers = [start_trainer(run, "--steps", "300", "--save-every", "20", "--max-to-keep", "50", "--delay", "0.4")
+                for run in runs]
+    victim.wait_event("evaluation started", timeout=120)
+    victim.stop(signal.SIGKILL)
+    recorded = {(r["model_dir"], r["checkpoint"]) for r in read_rows(url)}
+    killed = [key for key in started(victim) if key not in recorded]
+    assert len(killed) == 1, "the worker was not killed mid-evaluation: the test proves nothing"
+    again = Daemon(runs[0], *args, task=task)
+    daemons.append(again.start())
+    workers.append(again)
+    wait_for(lambda: len(read_rows(url)) >= 8, timeout=180, message="rows before the restart")
+    own_server.stop("fast")
+    time.sleep(4)
+    own_server.start()
+    pg.wait_accepting(own_server)
+    saved = {str(run.resolve()): saved_by(trainer, timeout=240) for run, trainer in zip(runs, trainers)}
+    expected = sum(len(names) for names in saved.values())
+    wait_for(lambda: len(read_rows(url)) >= expected, timeout=300, message=f"{expected} rows")
+    time.sleep(3)  # a late duplicate, a last export or point, would land now
+    for worker in (normal, ahead, again):
+        assert worker.process is not None and worker.process.poll() is None  # never crashed
+        assert worker.stop() == 0
+
+    rows = read_rows(url)
+    keys = [(r["model_dir"], r["checkpoint"]) for r in rows]
+    assert sorted(keys) == sorted((d, name) for d, names in saved.items() for name in names)  # one row each
+    assert {r["status"] for r in rows} == {"ok"}
+    evaluations = Counter(key for worker in workers for key in started(worker))
+    twice = {key for key, count in evaluations.items() if count > 1}
+    assert twice <= set(killed) and max(evaluations.values()) <= 2, evaluations
+    assert started(ahead), "the skewed worker did none of the work: the test proves nothing"
+    report = json.loads(run_cli("report", "--db", url, "--best", "--format", "json").stdout)
+    for run in runs:
+        model_dir = str(run.resolve())
+        own = [r for r in rows if r["model_dir"] == model_dir]
+        ranked = sorted(own, key=lambda r: (-r["accuracy"], r["step"]))
+        (best,) = [r for r in report if r["model_dir"] == model_dir]
+        export = run / "export" / "best"
+        assert tf_latest(export) == best["checkpoint"] == ranked[0]["checkpoint"]
+        assert sorted(p.name[: -len(".index")] for p in export.glob("*.index")) == sorted(
+            r["checkpoint"] for r in ranked[:2])
+        manifest = json.loads((export / "best.json").read_text())
+        assert [k["checkpoint"] for k in manifest["kept"]] == [r["checkpoint"] for r in ranked[:2]]
+        assert not list(export.glob(".*"))  # no temporary file left by the killed worker
+        points = _points(run / "eval")
+        assert set(points) == {(r["step"], tag) for r in own for tag in ("accuracy", "loss")}
+        assert set(points.values()) == {1}, [key for key, count in points.items() if count > 1]
+
+
+def tf_latest(directory: Path) -> str | None:
+    """What `tf.train.latest_checkpoint` names in `directory`, as a name."""
+    import tensorflow as tf
+
+    found = tf.train.latest_checkpoint(str(directory))
+    return os.path.basename(found) if found else None
