@@ -162,7 +162,7 @@ def _tensor(name: str | None) -> str | None:
     if name is None:
         return None
     op, sep, index = name.rpartition(":")
-    return name if sep and op and index.isdigit() else f"{name}:0"
+    return name if sep and op and index.isascii() and index.isdigit() else f"{name}:0"
 
 
 def _data_options(values: tuple[str, ...], keys: str | None, feature: str | None, label: str | None) -> DataOptions:

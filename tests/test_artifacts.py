@@ -245,3 +245,27 @@ def test_a_version_deleted_before_it_is_read_is_missing(tmp_path: Path, exported
     shutil.rmtree(version.path)  # TF Serving's exporter keeps the last N
     with pytest.raises(CheckpointMissing, match="3 was deleted before it could be read"):
         model.evaluate(version)
+
+
+def test_savedmodels_that_serve_nothing(tmp_path: Path, exported: tuple[Path, dict[int, float]],
+                                        valid_npz: Path) -> None:
+    import tensorflow as tf
+
+    export_dir, _ = exported
+    garbled = tmp_path / "garbled" / "1"
+    shutil.copytree(export_dir / "1", garbled)
+    (garbled / "saved_model.pb").write_bytes(b"\x0a\xff\xff garbage")
+    with pytest.raises(TaskError, match="^1: cannot read the SavedModel: "):
+        build(garbled, valid_npz, savedmodel=True)
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        features = tf.compat.v1.placeholder(tf.float32, [None, 64])
+        weights = tf.compat.v1.Variable(np.eye(64, 10, dtype=np.float32))
+        session.run(tf.compat.v1.global_variables_initializer())
+        builder = tf.compat.v1.saved_model.Builder(str(tmp_path / "training" / "4"))
+        signature = tf.compat.v1.saved_model.predict_signature_def({"x": features}, {"y": features @ weights})
+        builder.add_meta_graph_and_variables(session, ["train"], signature_def_map={"serving_default": signature})
+        builder.save()
+    with pytest.raises(TaskError) as err:
+        build(tmp_path / "training" / "4", valid_npz, savedmodel=True)
+    assert str(err.value) == "4 has no MetaGraph tagged 'serve' (its tags: train)"

@@ -60,10 +60,8 @@ class _Export:
         self.name = os.path.basename(path)
         request = task.request
         if request.mode == SAVEDMODEL:
-            from tensorflow.python.saved_model import loader_impl
-
-            self._loader = loader_impl.SavedModelLoader(path)
-            meta = self._loader.get_meta_graph_def_from_tags([SERVE])
+            self._loader, self._tags = _serving(path, self.name)
+            meta = self._loader.get_meta_graph_def_from_tags(self._tags)
             self.input_name, self.output_name, shape, dtype = _signature(meta, request, self.name)
         else:
             self._graph_def = _read_graph_def(path)
@@ -84,7 +82,7 @@ class _Export:
     def inference(self, features: tf.Tensor) -> tf.Tensor:
         graph = tf.compat.v1.get_default_graph()
         if self.task.request.mode == SAVEDMODEL:
-            self._saver, _ = self._loader.load_graph(graph, [SERVE], import_scope=SCOPE, clear_devices=True,
+            self._saver, _ = self._loader.load_graph(graph, self._tags, import_scope=SCOPE, clear_devices=True,
                                                      input_map={self.input_name: features})
         else:
             tf.compat.v1.import_graph_def(self._graph_def, input_map={self.input_name: features}, name=SCOPE)
@@ -95,7 +93,7 @@ class _Export:
         if self.task.request.mode != SAVEDMODEL:
             return None
         self._loader.restore_variables(session, self._saver, import_scope=SCOPE)
-        self._loader.run_init_ops(session, [SERVE], import_scope=SCOPE)
+        self._loader.run_init_ops(session, self._tags, import_scope=SCOPE)
         return _carried_step(self.path)
 
 
@@ -150,7 +148,7 @@ class ArtifactModel:
         start = time.perf_counter()
         try:
             opened = self._open(checkpoint.path)
-        except (TaskError, CheckpointError, ValueError, KeyError, OSError, tf.errors.OpError) as err:
+        except (TaskError, CheckpointError, ValueError, KeyError, RuntimeError, OSError, tf.errors.OpError) as err:
             raise _unusable(checkpoint, err) from err
         try:
             try:
@@ -191,6 +189,23 @@ class ArtifactModel:
 
     def close(self) -> None:
         pass
+
+
+def _serving(path: str, where: str) -> tuple[Any, list[str]]:
+    """The SavedModel's loader and the tags of its serving MetaGraph (`serve`, alone if it can);
+    TaskError when it cannot be read or serves nothing."""
+    from tensorflow.python.saved_model import loader_impl
+
+    try:
+        loader = loader_impl.SavedModelLoader(path)
+        tag_sets = [list(meta.meta_info_def.tags) for meta in loader.saved_model.meta_graphs]
+    except Exception as err:  # a garbled or truncated saved_model.pb (DecodeError, IOError...)
+        raise TaskError(f"{where}: cannot read the SavedModel: {type(err).__name__}: {first_line(err)}") from err
+    serving = sorted((tags for tags in tag_sets if SERVE in tags), key=len)
+    if not serving:
+        have = "; ".join(",".join(tags) for tags in tag_sets) or "none"
+        raise TaskError(f"{where} has no MetaGraph tagged {SERVE!r} (its tags: {have})")
+    return loader, serving[0]
 
 
 def _signature(meta: Any, request: NoCode, where: str) -> tuple[str, str, list[int] | None, Any]:
