@@ -217,14 +217,16 @@ def test_export_errors_at_start(tmp_path: Path, db: Path, valid_npz: Path) -> No
     assert not db.exists()
 
 
+@pytest.mark.parametrize("watching", [(), ("--poll", "--poll-interval", "0.2")], ids=["events", "poll"])
 def test_a_version_written_while_watching_is_evaluated_once_complete(tmp_path: Path, db: Path, valid_npz: Path,
-                                                                     daemons: list[Daemon]) -> None:
+                                                                     daemons: list[Daemon],
+                                                                     watching: tuple[str, ...]) -> None:
     staged = tmp_path / "staged"
     accuracy = keras_versions(staged, versions=2)
     export_dir = tmp_path / "export"
     export_dir.mkdir()
     shutil.copytree(staged / "1", export_dir / "1")
-    daemon = Daemon(export_dir, db)
+    daemon = Daemon(export_dir, db, *watching, "--rescan", "60")  # no re-scan tick: the watcher must see it
     at = daemon.command.index("--task")
     daemon.command[at:at + 2] = ["--savedmodel", "--data", str(valid_npz)]
     daemons.append(daemon.start())
