@@ -115,7 +115,7 @@ class Service:
         Store.check_durable(self.options.db_url)
         where = {} if self.single else {"model_dirs": self.directories, "roots": self.roots}
         self.log.info("starting", task=self.options.task, db=describe(self.options.db_url),
-                      name=self.options.name, device=self.options.device, ema=self.options.ema,
+                      name=self.options.name, device=self.options.device, ema=self._settings["ema"],
                       mode="once" if self.options.once else ("poll" if self.options.poll else "events"), **where)
         log.quiet_tensorflow()
         task = self._task()
