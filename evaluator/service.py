@@ -154,6 +154,10 @@ class Service:
                 self.log.info(f"waiting for {nocode.WAITING_FOR[request.mode]} to build the model from")
                 self.notifier.status(f"waiting for {nocode.WAITING_FOR[request.mode]} in {self.directories[0]}")
                 said = True
+            # Not READY yet: under systemd, the start's timeout is pushed back while training has
+            # written nothing (systemd >= 236), and the watchdog fed.
+            self.notifier.send(f"EXTEND_TIMEOUT_USEC={int(3 * MISSING_DIR_TICK * 1e6)}")
+            self.notifier.ping()
             if self.shutdown.wait(MISSING_DIR_TICK):
                 return None
         self.log.info("building the model from", first=first)

@@ -3,6 +3,7 @@ from a checkpoint's `.meta`, checked against numpy computations over the checkpo
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -326,3 +327,43 @@ def test_the_classic_mnist_train_with_one_hot_labels(tmp_path: Path, ema: bool) 
         outcome = model.evaluate(ckpt)
         assert outcome.step == ckpt.name_step and outcome.ema_source == ("tf1-names" if ema else "none")
         assert outcome.metrics.accuracy == pytest.approx(numpy_accuracy(ckpt.path, ema), abs=1e-9)
+
+
+def test_waiting_for_the_first_checkpoint_keeps_systemd_waiting(tmp_path: Path, valid_npz: Path) -> None:
+    """Under systemd (Type=notify), the start is not READY until the graph is built: while training
+    has written nothing, the start's timeout is pushed back and the watchdog fed; a stop then ends it."""
+    import socket
+    import threading
+
+    from evaluator.notify import Notifier
+    from evaluator.options import WatchOptions
+    from evaluator.service import Service
+    from tests.conftest import sqlite_url
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify.sock"))
+    listener.settimeout(5)
+    (tmp_path / "model").mkdir()
+    request = parse(meta_graph=True, input_name="x-input:0", output_name=LOGITS, data=(str(valid_npz),))
+    assert request is not None
+    options = WatchOptions(model_dir=str(tmp_path / "model"), task=request.describe(), nocode=request,
+                           db_url=sqlite_url(tmp_path / "e.db"), device="cpu")
+    service = Service(options, Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+                                         "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}))
+    messages: list[str] = []
+
+    def listen() -> None:  # the service runs in the main thread (its signal handlers need it)
+        try:
+            messages.extend(listener.recv(4096).decode() for _ in range(4))
+        finally:
+            service.shutdown.request("test")
+
+    thread = threading.Thread(target=listen)
+    thread.start()
+    result = [service.run()]
+    thread.join(timeout=30)
+    listener.close()
+    assert result == [0]
+    assert any("EXTEND_TIMEOUT_USEC=3000000" in m for m in messages) and "WATCHDOG=1" in messages
+    assert not any("READY=1" in m for m in messages)
+    assert not (tmp_path / "e.db").exists()  # nothing built, nothing written
