@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.common import ROOT, TARGETS, Row
-from bench.stages import catchup, cost, keras, latency, memory, metrics, poll, pool, report, throughput
+from bench.stages import catchup, cost, keras, latency, memory, metrics, nocode, poll, pool, report, throughput
 
 OUT = ROOT / "bench" / "out"
 #: What `measure` runs for each stage chosen, in this order; `latency` and `idle` are one run.
@@ -46,13 +46,14 @@ MEASURES: dict[tuple[str, ...], tuple[str, Callable[[Path, Any], dict[str, Any]]
     ("metrics",): ("metrics", metrics.measure),
     ("pool",): ("pool", pool.measure),
     ("catchup",): ("catchup", catchup.measure),
+    ("nocode",): ("nocode", nocode.measure),
 }
 STAGES = tuple(stage for stages in MEASURES for stage in stages)
 #: The table's rows, in this order (each stage's rows when its figures are there).
 TABLE: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (
     latency.latency_rows, cost.table_rows, memory.table_rows, latency.idle_rows, report.table_rows,
     throughput.table_rows, keras.table_rows, metrics.table_rows, pool.table_rows, poll.table_rows,
-    catchup.table_rows,
+    catchup.table_rows, nocode.table_rows,
 )
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evaluator.checkpoints import EMA_NAME
 from evaluator.evaluation import DEFAULT_NAME
+
+if TYPE_CHECKING:  # pragma: no cover
+    from evaluator.nocode import NoCode
 
 DEVICES = ("auto", "cpu", "gpu")
 LOG_FORMATS = ("auto", "console", "json")
@@ -85,6 +88,9 @@ class WatchOptions:
     until_step: int | None = None
     idle_timeout: float | None = None
     done_file: str | None = None
+    #: The no-code mode (--meta-graph, --savedmodel, --frozen-graph) standing for a task; `task` then
+    #: describes it.
+    nocode: NoCode | None = None
 
     @property
     def directories(self) -> list[str]:
@@ -93,4 +99,5 @@ class WatchOptions:
 
     def settings(self) -> dict[str, Any]:
         """What decides the numbers an evaluation records (stored with each row, compared at start)."""
-        return {"task": self.task, "ema": self.ema, "ema_name": self.ema_name if self.ema else None}
+        ema = self.ema and (self.nocode is None or self.nocode.restores_averages)
+        return {"task": self.task, "ema": ema, "ema_name": self.ema_name if ema else None}

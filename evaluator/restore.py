@@ -114,15 +114,20 @@ class Restorer:
             if not variables:
                 raise TaskError("inference() created no variables: there is nothing to restore")
             if ema:
-                # Built after the model, in this graph, so each name is `<var>/<ema_name>`.
-                average = tf.compat.v1.train.ExponentialMovingAverage(decay=0.0, name=ema_name)
-                self._wanted: dict[str, tf.Variable] = average.variables_to_restore()
+                self._wanted: dict[str, tf.Variable] = ema_map(ema_name)
             else:
                 self._wanted = {v.op.name: v for v in variables}
         self._ops: dict[tuple[Any, ...], _RestoreOps] = {}
         #: The ops of the last checkpoint's plan when the next may be restored without its catalog.
         self._unplanned: tuple[_Plan, _RestoreOps] | None = None
         self._callables: dict[tuple[tf.compat.v1.Session, str], Any] = {}
+
+    def unrestored(self) -> list[tf.Variable]:
+        """The graph's variables no checkpoint key is restored into: the averages of a graph imported
+        from a `.meta` (their values went into the variables they average). An export initializes them."""
+        wanted = {var.ref() for var in self._wanted.values()}
+        with self._graph.as_default():
+            return [var for var in tf.compat.v1.global_variables() if var.ref() not in wanted]
 
     def restore(self, session: tf.compat.v1.Session, checkpoint: checkpoints.Checkpoint) -> RestoreInfo:
         """Restore `checkpoint` into `session`; CheckpointMissing if it is gone, CheckpointError if unusable.
@@ -269,6 +274,24 @@ def _full_slice(shape: tf.TensorShape) -> str:
     """RestoreV2's spec for the whole of a tensor of `shape` ("64 10 -:-"): the read checks the shape."""
     dims = shape.as_list()
     return f"{' '.join(map(str, dims))} {':'.join('-' for _ in dims)}" if dims else ""
+
+
+def ema_map(ema_name: str) -> dict[str, tf.Variable]:
+    """Checkpoint key -> variable of the default graph, each averaged variable (trainable, or in
+    MOVING_AVERAGE_VARIABLES) from `<var>/<ema_name>`: `ExponentialMovingAverage.variables_to_restore()`.
+
+    Built after the model, in a graph of the task's code, its names are right as they come. A graph
+    imported from the trainer's `.meta` holds the averages themselves: `variables_to_restore()` then
+    names each one `<var>/<ema_name>_1` (the graph's unique_name) and maps the shadows to themselves.
+    The names are set back to the trainer's, and the shadows dropped (nothing reads them)."""
+    average = tf.compat.v1.train.ExponentialMovingAverage(decay=0.0, name=ema_name)
+    wanted = average.variables_to_restore()
+    averaged = {v.ref() for v in (*tf.compat.v1.trainable_variables(), *tf.compat.v1.moving_average_variables())}
+    fixed = {f"{var.op.name}/{ema_name}": var for var in wanted.values() if var.ref() in averaged}
+    for key, var in wanted.items():
+        if var.ref() not in averaged and key not in fixed:
+            fixed[key] = var
+    return fixed
 
 
 def read_error(checkpoint: checkpoints.Checkpoint, err: BaseException) -> Exception:

@@ -115,10 +115,13 @@ class Service:
         Store.check_durable(self.options.db_url)
         where = {} if self.single else {"model_dirs": self.directories, "roots": self.roots}
         self.log.info("starting", task=self.options.task, db=describe(self.options.db_url),
-                      name=self.options.name, device=self.options.device, ema=self.options.ema,
+                      name=self.options.name, device=self.options.device, ema=self._settings["ema"],
                       mode="once" if self.options.once else ("poll" if self.options.poll else "events"), **where)
         log.quiet_tensorflow()
-        self.model = self._build(load_task(self.options.task))
+        task = self._task()
+        if task is None:  # stopped while waiting for the graph
+            return
+        self.model = self._build(task)
         check_actions(self.options, self.model, self.directories, several=not self.single)
         self.store = Store.prepare(self.options.db_url, wait=self.options.db_wait, on_retry=self._db_retry)
         self.heartbeat = Heartbeat(self.store, self.owner, self.options.lease)
@@ -133,6 +136,32 @@ class Service:
                       recorded=sum(run.backlog.recorded_count() for run in self.runs.values()))
         self.heartbeat.start()
         self.notifier.ready(self._status_line())
+
+    def _task(self) -> Any:
+        """The task: --task's object, or the one the no-code options stand for, built from the first
+        checkpoint's `.meta` (--meta-graph) or the first export (--savedmodel, --frozen-graph): it is
+        waited for (None if stopped meanwhile; with --once, ConfigError)."""
+        request = self.options.nocode
+        if request is None:
+            return load_task(self.options.task)
+        from evaluator import nocode
+
+        said = False
+        while (first := nocode.first(request, self.directories[0])) is None:
+            if self.options.once:
+                raise ConfigError(nocode.nothing_yet(request, self.directories[0]))
+            if not said:
+                self.log.info(f"waiting for {nocode.WAITING_FOR[request.mode]} to build the model from")
+                self.notifier.status(f"waiting for {nocode.WAITING_FOR[request.mode]} in {self.directories[0]}")
+                said = True
+            # Not READY yet: under systemd, the start's timeout is pushed back while training has
+            # written nothing (systemd >= 236), and the watchdog fed.
+            self.notifier.send(f"EXTEND_TIMEOUT_USEC={int(3 * MISSING_DIR_TICK * 1e6)}")
+            self.notifier.ping()
+            if self.shutdown.wait(MISSING_DIR_TICK):
+                return None
+        self.log.info("building the model from", first=first)
+        return nocode.task(request, first)
 
     def _check_directories(self) -> None:
         if not self.single and (self.options.until_step is not None or self.options.done_file):
@@ -155,7 +184,7 @@ class Service:
         """Start serving a model directory: its rows, its actions (caught up), its watcher."""
         assert self.store is not None and self.model is not None and self.heartbeat is not None
         source = open_source(directory, weight_files=self.model.reads_weight_files, poll=self.options.poll,
-                             poll_interval=self.options.poll_interval)
+                             poll_interval=self.options.poll_interval, artifact=self.model.artifact)
         run = Run(source, grace=self.options.missing_grace, name=self.options.name, on_new=self.ending.activity)
         run.load_rows(self.store)
         self._check_settings(run)

@@ -22,6 +22,10 @@ A **graph task** (``tf.compat.v1`` code) provides:
   indices, shape ``[N]``, or one-hot, shape ``[N, classes]``), or a ``tf.data.Dataset`` that
   yields *batches* of ``(features, labels)``. It is called once, inside the evaluation graph.
 
+A graph task may also give ``verify_checkpoint(path)``, raising errors.CheckpointError for a
+checkpoint that does not fit its graph (before the restore; `--meta-graph` compares the `.meta`),
+and ``outputs_named`` (str): what messages call its outputs (the no-code tasks: "--output NAME").
+
 Optionally ``batch_size`` (int) sets the batch size for numpy data (``--batch-size`` overrides it).
 Either kind may also give:
 

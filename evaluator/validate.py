@@ -73,11 +73,14 @@ class Validator:
         self._inputs = _Inputs(self.sets, batch_size)
         try:
             logits = task.inference(self._inputs.features)
+        except TaskError:  # says what is wrong already (the no-code tasks' own checks)
+            raise
         except Exception as err:
             raise TaskError(f"inference() failed to build the graph: {type(err).__name__}: {err}") from err
         if not isinstance(logits, tf.Tensor):
             raise TaskError(f"inference() must return a tensor of outputs, not {type(logits).__name__}")
-        self.sets = data.settle(self.sets, logits.shape, logits.dtype, "inference()")  # the problem, with the width
+        who = getattr(task, "outputs_named", None) or "inference()"  # what messages call the outputs
+        self.sets = data.settle(self.sets, logits.shape, logits.dtype, who)  # the problem, with the width
         problem = metrics.Problem(self.sets.problem, _classes(logits, self.sets.problem),
                                   bool(getattr(task, "from_logits", True)))
         self.suite = metrics.suite(task, problem, extra_metrics, streaming_kind="graph")

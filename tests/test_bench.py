@@ -25,7 +25,8 @@ def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
                             env=cli_env(), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(figures_path.read_text())
-    assert {"machine", "latency", "idle", "cost", "memory", "report", "throughput", "poll", "keras", "metrics", "pool"} <= set(figures)
+    assert {"machine", "latency", "idle", "cost", "memory", "report", "throughput", "poll", "keras", "metrics", "pool",
+            "nocode"} <= set(figures)
 
     latency = figures["latency"]
     assert latency["evaluator_evaluated"] == latency["checkpoints"]  # every checkpoint, each once
@@ -46,12 +47,15 @@ def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
     pool = figures["pool"]
     assert set(pool["claim_ms"]) == {"sqlite", "postgresql"} and all(v > 0 for v in pool["claim_ms"].values())
     assert set(pool["per_minute"]) == {"1", "2"} and pool["speedup"] > 0
+    assert figures["nocode"]["same_accuracy"] is True and figures["nocode"]["ratio"] > 0  # --meta-graph = --task
+    assert figures["nocode"]["savedmodel_same_accuracy"] is True and figures["nocode"]["frozen-graph_same_accuracy"] is True
     events = figures["poll"]["events"]
     assert events["rows"] == events["saved"] == 20  # with events, every save gets a row
 
     table = table_path.read_text()
     for measure in ("1. detection latency", "2. restore + evaluate", "3. RSS", "4. idle CPU", "5. `evaluator report",
                     "6. throughput", "7. a fast trainer", "8. TF2: restore", "9. 5 metrics on 2 validation sets", "10. the claim per checkpoint",
-                    "10. workers sharing PostgreSQL"):
+                    "10. workers sharing PostgreSQL",
+                    "12. no code: restore + evaluate one checkpoint with --meta-graph"):
         assert measure in table
     assert table in result.stdout

@@ -85,7 +85,7 @@ def one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> N
     (["report", "--db", "sqlite:////nonexistent/dir/e.db"], "no database at /nonexistent/dir/e.db"),
     (["db", "current", "--db", "mysql+nosuchdriver://x/y"], "unknown database kind"),
     (["nosuchcommand"], "No such command 'nosuchcommand'"),
-    (["watch", "."], "Missing option '--task'"),
+    (["watch", "."], "give --task SPEC (the model and data in Python), or a no-code mode"),
     (["watch", ".", "--task", "x:Y", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'gpu'"),
     (["watch", ".", "--task", "x:Y", "--metric", "top5"], "'top5' is not a built-in metric; they are accuracy"),
     (["watch", ".", "--task", "x:Y", "--metric", "top_k_accuracy:0"], "top_k_accuracy:K"),

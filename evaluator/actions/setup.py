@@ -36,7 +36,10 @@ def _per_run(directory: str, model_dir: str, several: bool) -> str:
 def check_actions(options: WatchOptions, model: Any, model_dirs: list[str], several: bool = False) -> None:
     """ConfigError for what the actions asked for cannot do with this model or these directories
     (before the database)."""
-    if options.keep_best > 0:
+    if options.export and model.artifact is not None:
+        raise ConfigError(f"--export does not apply to --{model.artifact}: the exported models are kept where "
+                          "they are")
+    if options.keep_best > 0 and model.artifact is None:  # exported models stay where they are
         for model_dir in model_dirs:
             check_export_dir(export_dir(options, model_dir, several), model_dir)
         check_best_metric(options.best_metric, model)
@@ -54,7 +57,7 @@ def build_actions(options: WatchOptions, model_dir: str, model: Any, log: Any, s
         from evaluator.actions.summaries import Summaries
 
         actions.append(Summaries(summary_dir(options, model_dir, several), log, shared))
-    if options.keep_best > 0:
+    if options.keep_best > 0 and model.artifact is None:  # exported models stay where they are
         from evaluator.actions.export import BestExport
 
         directory = export_dir(options, model_dir, several)

@@ -11,11 +11,43 @@ from evaluator.options import DEVICES, METRIC_NAMES, ORDERS, WatchOptions
 
 @click.command()
 @click.argument("model_dirs", nargs=-1, type=click.Path(file_okay=False, path_type=str))
-@click.option("--task", "task_spec", required=True, envvar="EVALUATOR_TASK", show_envvar=True,
-              metavar="SPEC",
+@click.option("--task", "task_spec", envvar="EVALUATOR_TASK", show_envvar=True, metavar="SPEC",
               help="The model and validation data: package.module:NAME or path/to/file.py:NAME, an "
                    "object with validation_data() and either model() (TF2: a Keras 3 model or tf.Module) "
-                   "or inference(features) -> logits (tf.compat.v1 graph code).")
+                   "or inference(features) -> logits (tf.compat.v1 graph code). Or, without code, "
+                   "--meta-graph, --savedmodel or --frozen-graph with --data.")
+@click.option("--meta-graph", is_flag=True,
+              help="No code: import the trainer's graph from the first checkpoint's .meta (tf.compat.v1 Saver) "
+                   "and evaluate --output fed --input with --data; EMA as for tasks. E.g. --meta-graph --input "
+                   "x-input:0 --output layer2/add:0 --data valid.npz")
+@click.option("--savedmodel", is_flag=True,
+              help="No code: MODEL_DIR holds numbered SavedModel versions (1/, 2/, ... as TF Serving reads them; "
+                   "or is one SavedModel): each version is evaluated once, its step the version number unless it "
+                   "carries a global_step. E.g. --savedmodel --data valid.npz")
+@click.option("--frozen-graph", is_flag=True,
+              help="No code: MODEL_DIR holds frozen GraphDef files (*.pb, from freeze_graph or "
+                   "convert_variables_to_constants), each evaluated once, its step the last number in its name. "
+                   "E.g. --frozen-graph --input x-input:0 --output layer2/add:0 --data valid.npz")
+@click.option("--signature", metavar="NAME",
+              help="No code, --savedmodel: the signature evaluated (default serving_default); its one input is fed "
+                   "the features.")
+@click.option("--input", "input_name", metavar="TENSOR",
+              help="No code: the tensor the validation features are fed into (a placeholder), e.g. x-input:0.")
+@click.option("--output", "output_name", metavar="TENSOR",
+              help="No code: the tensor of logits (or a regression's outputs) evaluated, e.g. layer2/add:0; with "
+                   "--savedmodel, the signature's output key (needed when it has several), e.g. logits.")
+@click.option("--data", "data_files", multiple=True, metavar="[NAME=]FILE",
+              help="No code: the validation data, an .npz (arrays x and y, or --data-keys) or a TFRecord file "
+                   "of tf.train.Example (--feature, --label). Repeat as NAME=FILE for named validation sets, "
+                   "e.g. --data clean=valid.npz --data noisy=noisy.npz.")
+@click.option("--data-keys", metavar="FEATURES,LABELS",
+              help="No code: the .npz arrays of the features and the labels (default x,y), e.g. images,labels.")
+@click.option("--feature", metavar="NAME:SHAPE:DTYPE",
+              help="No code, TFRecord data: the tf.train.Example feature fed to --input, with its shape per "
+                   "example and type, e.g. pixels:64:float32 or image:28,28:float32.")
+@click.option("--label", metavar="NAME",
+              help="No code, TFRecord data: the tf.train.Example feature holding the label (a class index, or "
+                   "a regression's target), e.g. label.")
 @db_option
 @click.option("--once", is_flag=True, help="Evaluate what is pending, then exit (cron, CI).")
 @name_option
@@ -91,7 +123,9 @@ from evaluator.options import DEVICES, METRIC_NAMES, ORDERS, WatchOptions
               help="Which pending checkpoint of a run first: every one oldest step first, or the newest first "
                    "(behind a fast trainer, the latest numbers now and the older ones after).")
 @log_options
-def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order: str, task_spec: str, db_url: str | None, once: bool, name: str, poll: bool,
+def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order: str, task_spec: str | None,
+          meta_graph: bool, savedmodel: bool, frozen_graph: bool, signature: str | None, input_name: str | None, output_name: str | None, data_files: tuple[str, ...],
+          data_keys: str | None, feature: str | None, label: str | None, db_url: str | None, once: bool, name: str, poll: bool,
           poll_interval: float, rescan_interval: float, wait_for_dir: bool, ema: bool, ema_name: str,
           device: str, batch_size: int | None, stop_grace: float, missing_grace: float, retries: int,
           lease: float, db_wait: float, metrics: tuple[str, ...], summaries: bool, summary_dir: str | None,
@@ -115,6 +149,11 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
     or a (metric, "max"|"min") pair) and return several validation sets from
     validation_data() as a mapping from a name to a set; see the README.
 
+    No code: with --meta-graph, a model directory of tf.compat.v1 Saver checkpoints is evaluated
+    from its own graph (the first checkpoint's .meta), feeding --data into --input and reading
+    --output; with --savedmodel, each numbered SavedModel version of an export directory; with
+    --frozen-graph, each frozen .pb file. No task file needed; see the README's "No code" section.
+
     Exit status: 0 stopped (or --once done); 2 configuration error (fix it); 3 --once left
     something unevaluated (failed rows, unreadable state file, listed files absent); 75 the
     database or the task's environment failed for now (restart it); 1 a bug.
@@ -124,8 +163,11 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
       evaluator watch ./model_dir --task examples/digits/task.py:TASK
       evaluator watch /nfs/job1 --task mypkg.eval:TASK --poll --db sqlite:////srv/evals.db
       evaluator watch ./model_dir --task mypkg.eval:TASK --once    # evaluate what is there, exit
+      evaluator watch ./model_dir --meta-graph --input x-input:0 --output layer2/add:0 --data valid.npz
+      evaluator watch ./export --savedmodel --data valid.npz    # 1/, 2/, ... SavedModel versions
+      evaluator watch ./frozen --frozen-graph --input x-input:0 --output layer2/add:0 --data valid.npz
     """
-    from evaluator import log
+    from evaluator import log, nocode
     from evaluator.service import Service
     from evaluator.store import resolve_url
 
@@ -134,9 +176,14 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
     model_dirs = tuple(d for d in model_dirs if d)  # systemd's empty $MODEL_DIR of a --root instance
     if not model_dirs and not roots:
         raise click.UsageError("give a MODEL_DIR (or several), or --root DIR")
+    request = nocode.parse(meta_graph=meta_graph, savedmodel=savedmodel, frozen_graph=frozen_graph,
+                           input_name=input_name, output_name=output_name, signature=signature, data=data_files, data_keys=data_keys,
+                           feature=feature, label=label, task=task_spec, locations=len(model_dirs),
+                           roots=len(roots))
     options = WatchOptions(
         model_dir=model_dirs[0] if model_dirs else "", model_dirs=tuple(model_dirs[1:]), roots=tuple(roots),
-        depth=depth, order=order, task=task_spec, db_url=resolve_url(db_url), once=once, poll=poll,
+        depth=depth, order=order, task=request.describe() if request else str(task_spec),
+        nocode=request, db_url=resolve_url(db_url), once=once, poll=poll,
         poll_interval=poll_interval, rescan_interval=rescan_interval, wait_for_dir=wait_for_dir,
         ema=ema, ema_name=ema_name, device=device, batch_size=batch_size, stop_grace=stop_grace,
         name=name, missing_grace=missing_grace, retries=retries, lease=lease, db_wait=db_wait,

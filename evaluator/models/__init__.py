@@ -2,6 +2,8 @@
 
 - `graph.py`: graph tasks, `inference(features) -> logits` in tf.compat.v1 code; Saver restores
   by variable name, EMA through `ExponentialMovingAverage.variables_to_restore()`.
+- `artifact.py`: exported models (`--savedmodel` versions, `--frozen-graph` files), each
+  evaluated in a graph of its own, with the graph tasks' validation.
 - `keras.py`: TF2 tasks, `model()` returning a Keras 3 model or a tf.Module; restores by object
   matching, EMA found in the checkpoint's object graph, Keras weight files too.
 
@@ -44,6 +46,9 @@ class EvalModel(Protocol):
     kind: str
     #: Whether `*.weights.h5` / `*.keras` files in the model directory are checkpoints for it.
     reads_weight_files: bool
+    #: What its "checkpoints" are when they are exported models (sources/artifacts.py: "savedmodel",
+    #: "frozen-graph"); None for checkpoints.
+    artifact: str | None
 
     @property
     def device(self) -> str: ...
@@ -75,10 +80,13 @@ def build(task: Any, *, device: str = "auto", ema: bool = True, ema_name: str = 
           batch_size: int = DEFAULT_BATCH_SIZE, metrics: tuple[str, ...] = ()) -> EvalModel:
     """Build the evaluation model for `task`'s kind, once per process; `metrics` are built-in
     metric names computed besides the defaults and the task's own."""
+    from evaluator.models.artifact import ArtifactModel, ArtifactTask
     from evaluator.task import task_kind
 
     kind: Any
-    if task_kind(task) == "keras":
+    if isinstance(task, ArtifactTask):  # --savedmodel, --frozen-graph (nocode.py)
+        kind = ArtifactModel
+    elif task_kind(task) == "keras":
         from evaluator.models.keras import KerasModel as kind
     else:
         from evaluator.models.graph import GraphModel as kind

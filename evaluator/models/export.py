@@ -54,9 +54,13 @@ def _graph_export(fmt: str, task: Any, features: tf.TensorSpec, prefix: str, *, 
         with tf.compat.v1.Session(graph=graph) as session:
             checkpoint = checkpoints.Checkpoint(os.path.basename(prefix), prefix, checkpoints.step_from_name(prefix))
             restorer.restore(session, checkpoint)
+            unrestored = restorer.unrestored()
+            if unrestored:  # a SavedModel saves every variable: give these their initial values
+                session.run(tf.compat.v1.variables_initializer(unrestored))
             if fmt == "frozen":
                 frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
-                    session, graph.as_graph_def(), [OUTPUT])
+                    session, graph.as_graph_def(), [outputs.op.name])
+                _name_output(frozen, outputs.op.name)
                 _atomically(target, lambda path: _write_bytes(path, frozen.SerializeToString()))
             elif fmt == "savedmodel":
                 signature = tf.compat.v1.saved_model.predict_signature_def({"features": placeholder}, {OUTPUT: outputs})
@@ -70,6 +74,15 @@ def _graph_export(fmt: str, task: Any, features: tf.TensorSpec, prefix: str, *, 
                 _atomically(target, save)
             else:
                 raise TaskError(f"unknown export format {fmt!r}")
+
+
+def _name_output(graph_def: Any, name: str) -> None:
+    """Call the output `logits` in a frozen graph where a task's `logits` scope took the name (the
+    identity became `logits_1`; no node is called `logits`, only the ops below the scope)."""
+    if name != OUTPUT and all(node.name != OUTPUT for node in graph_def.node):
+        for node in graph_def.node:
+            if node.name == name:
+                node.name = OUTPUT
 
 
 def _atomically(target: str, write: Callable[[str], None]) -> None:

@@ -23,6 +23,7 @@ class GraphModel:
     kind = "graph"
     #: Graph tasks read TensorFlow checkpoints only (not Keras weight files).
     reads_weight_files = False
+    artifact = None
 
     def __init__(self, graph: tf.Graph, session: tf.compat.v1.Session, restorer: Restorer,
                  validator: Validator, placement: Placement, task: Task | None = None, ema: bool = True,
@@ -60,6 +61,9 @@ class GraphModel:
 
     def evaluate(self, checkpoint: Checkpoint, progress: Progress | None = None) -> Outcome:
         """Restore `checkpoint` and run the validation set; raises CheckpointError / CheckpointMissing."""
+        verify = getattr(self.task, "verify_checkpoint", None)
+        if verify is not None:  # the task's own check that the checkpoint fits its graph (--meta-graph)
+            verify(checkpoint.path)
         info = self.restorer.restore(self.session, checkpoint)
         metrics = self.validator.run(self.session, progress)
         return Outcome(step=info.step, ema_source="tf1-names" if info.ema else NO_EMA,

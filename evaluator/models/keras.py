@@ -149,6 +149,7 @@ class KerasModel:
 
     kind = "keras"
     reads_weight_files = True
+    artifact = None
 
     def __init__(self, task: Any, model: Any, sets: data.ValidationSets, batches: list[_Batches],
                  suite: metrics.Suite, placement: Placement, *, ema: bool, ema_name: str) -> None:

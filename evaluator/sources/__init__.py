@@ -3,8 +3,9 @@
 of a change, and a local, stable copy of one checkpoint to restore from.
 
 A local directory (`local.py`: inotify or polling, the state file, a scan, hard-to-lose open
-descriptors) is the first source. Object storage or directories of SavedModel versions are further
-sources: `open` picks one by the location's form, and nothing above this package changes.
+descriptors) is the first source; `artifacts.py` lists exported models (numbered SavedModel
+versions, frozen `.pb` files) as checkpoints. Object storage would be a further source: `open_source`
+picks one, and nothing above this package changes.
 """
 
 from __future__ import annotations
@@ -94,8 +95,14 @@ class Source(Protocol):
         ...
 
 
-def open_source(location: str, *, weight_files: bool, poll: bool = False, poll_interval: float = 1.0) -> Source:
-    """The source for a run's location (today: a local directory)."""
+def open_source(location: str, *, weight_files: bool, poll: bool = False, poll_interval: float = 1.0,
+                artifact: str | None = None) -> Source:
+    """The source for a run's location: a local directory of checkpoints, or of exported models
+    (`artifact`: "savedmodel" versions, "frozen-graph" files; sources/artifacts.py)."""
+    if artifact is not None:
+        from evaluator.sources.artifacts import ArtifactDirectory
+
+        return ArtifactDirectory(location, artifact, poll=poll, poll_interval=poll_interval)
     from evaluator.sources.local import LocalDirectory
 
     return LocalDirectory(location, weight_files=weight_files, poll=poll, poll_interval=poll_interval)
