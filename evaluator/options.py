@@ -32,6 +32,10 @@ def is_metric_name(name: str) -> bool:
 DB_ENV = "EVALUATOR_DB"
 
 
+#: --pin-budget's default: a tenth of the free space where the copies go.
+DEFAULT_PIN_BUDGET = "10%"
+
+
 @dataclass(frozen=True)
 class WatchOptions:
     """Everything `evaluator watch` was asked to do."""
@@ -88,6 +92,9 @@ class WatchOptions:
     until_step: int | None = None
     idle_timeout: float | None = None
     done_file: str | None = None
+    #: The most bytes of checkpoints copied to be kept from training's deletion where a hard link
+    #: cannot be made (another file system): a byte count, or "N%" of the free space at start.
+    pin_budget: int | str = DEFAULT_PIN_BUDGET
     #: The no-code mode (--meta-graph, --savedmodel, --frozen-graph) standing for a task; `task` then
     #: describes it.
     nocode: NoCode | None = None

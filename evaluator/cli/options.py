@@ -50,6 +50,34 @@ class Duration(click.ParamType):
         return seconds
 
 
+class Size(click.ParamType):
+    """Bytes, or a number with K, M, G or T (powers of 1024), or a percentage of the free space."""
+
+    name = "size"
+    _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str | int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text.endswith("%"):
+            try:
+                share = float(text[:-1])
+            except ValueError:
+                share = -1.0
+            if not 0 <= share <= 100:
+                self.fail(f"{value!r}: a share of the free space is 0% to 100%", param, ctx)
+            return text
+        unit = text[-1] if text and text[-1] in "bkmgt" else ""
+        try:
+            size = float(text[: len(text) - len(unit)]) * self._UNITS[unit]
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 0, 500M, 20G, 10%)", param, ctx)
+        if not 0 <= size < float("inf"):
+            self.fail(f"{value!r}: a size is 0 or more bytes", param, ctx)
+        return int(size)
+
+
 def name_option(command: F) -> F:
     return click.option(
         "--name", default=DEFAULT_NAME, show_default=True, metavar="NAME",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from evaluator.checkpoints import EMA_NAME
-from evaluator.cli.options import EXPORT_FORMATS, Duration, check_metrics, db_option, log_options, name_option
-from evaluator.options import DEVICES, METRIC_NAMES, ORDERS, WatchOptions
+from evaluator.cli.options import EXPORT_FORMATS, Duration, Size, check_metrics, db_option, log_options, name_option
+from evaluator.options import DEFAULT_PIN_BUDGET, DEVICES, METRIC_NAMES, ORDERS, WatchOptions
 
 
 @click.command()
@@ -122,6 +122,11 @@ from evaluator.options import DEVICES, METRIC_NAMES, ORDERS, WatchOptions
 @click.option("--order", type=click.Choice(ORDERS), default="oldest", show_default=True,
               help="Which pending checkpoint of a run first: every one oldest step first, or the newest first "
                    "(behind a fast trainer, the latest numbers now and the older ones after).")
+@click.option("--pin-budget", type=Size(), default=DEFAULT_PIN_BUDGET, show_default=True, metavar="SIZE",
+              help="A checkpoint is pinned the moment it is complete (hard links in MODEL_DIR/.evaluator/pins), "
+                   "so training's max_to_keep cannot take it before it is evaluated. Where a hard link cannot "
+                   "be made, its files are copied, up to this much in all (bytes, 500M, 20G, or a share of the "
+                   "free space, 10%); past it, such checkpoints are not pinned (a warning says so).")
 @log_options
 def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order: str, task_spec: str | None,
           meta_graph: bool, savedmodel: bool, frozen_graph: bool, signature: str | None, input_name: str | None, output_name: str | None, data_files: tuple[str, ...],
@@ -130,8 +135,8 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
           device: str, batch_size: int | None, stop_grace: float, missing_grace: float, retries: int,
           lease: float, db_wait: float, metrics: tuple[str, ...], summaries: bool, summary_dir: str | None,
           best_metric: str | None, keep_best: int, export_dir: str | None, exports: tuple[str, ...],
-          until_step: int | None, idle_timeout: float | None, done_file: str | None, log_format: str,
-          log_level: str) -> int:
+          until_step: int | None, idle_timeout: float | None, done_file: str | None, pin_budget: int | str,
+          log_format: str, log_level: str) -> int:
     """Evaluate every checkpoint in MODEL_DIR (one or several, or every run below --root), then
     each new one as training writes it.
 
@@ -189,6 +194,6 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
         name=name, missing_grace=missing_grace, retries=retries, lease=lease, db_wait=db_wait,
         metrics=tuple(dict.fromkeys(metrics)), summaries=summaries, summary_dir=summary_dir,
         best_metric=best_metric, keep_best=keep_best, export_dir=export_dir, export=tuple(dict.fromkeys(exports)),
-        until_step=until_step, idle_timeout=idle_timeout, done_file=done_file,
+        until_step=until_step, idle_timeout=idle_timeout, done_file=done_file, pin_budget=pin_budget,
     )
     return Service(options).run(own_process=True)
