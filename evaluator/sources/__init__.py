@@ -94,18 +94,33 @@ class Source(Protocol):
         """A local, stable view of `ckpt` to restore from and keep; the caller closes it."""
         ...
 
+    # -- pins (sources/pins.py) -------------------------------------------------------------------
+
+    def pin(self, ckpt: Checkpoint) -> bool:
+        """Keep `ckpt` from deletion if it is complete; whether it is pinned now."""
+        ...
+
+    def done(self, ckpt: Checkpoint) -> None:
+        """Its row is written: let go of its pin."""
+        ...
+
+    def pinned(self) -> list[Checkpoint]:
+        """The checkpoints pinned (by this process or one before it)."""
+        ...
+
 
 def open_source(location: str, *, weight_files: bool, poll: bool = False, poll_interval: float = 1.0,
-                artifact: str | None = None) -> Source:
-    """The source for a run's location: a local directory of checkpoints, or of exported models
-    (`artifact`: "savedmodel" versions, "frozen-graph" files; sources/artifacts.py)."""
+                artifact: str | None = None, pins: Any = None) -> Source:
+    """The source for a run's location: a local directory of checkpoints (pinned in `pins`, a
+    sources.pins.Pins, when given), or of exported models (`artifact`: "savedmodel" versions,
+    "frozen-graph" files; sources/artifacts.py)."""
     if artifact is not None:
         from evaluator.sources.artifacts import ArtifactDirectory
 
         return ArtifactDirectory(location, artifact, poll=poll, poll_interval=poll_interval)
     from evaluator.sources.local import LocalDirectory
 
-    return LocalDirectory(location, weight_files=weight_files, poll=poll, poll_interval=poll_interval)
+    return LocalDirectory(location, weight_files=weight_files, poll=poll, poll_interval=poll_interval, pins=pins)
 
 
 def watch_root(root: str, on_change: Callable[[], None], *, weight_files: bool) -> Any:
