@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -96,6 +97,11 @@ class Service:
         """Start, evaluate until stopped (or once), stop; returns the exit status. Raises ConfigError
         for what can't work, TemporaryError for what may work after a restart. `own_process`: the
         process ends with the service, so signals stay handled until it exits."""
+        if own_process:
+            # The watcher's thread pins a checkpoint the moment its index appears, racing training's
+            # max_to_keep (a trainer saving every step deletes each ~20 ms later): it gets the GIL
+            # within 1 ms of asking, not Python's default 5.
+            sys.setswitchinterval(0.001)
         with self.shutdown.handling_signals(on_signal=self._wake.set, until_exit=own_process):
             try:
                 self._start()

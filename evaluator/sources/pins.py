@@ -28,6 +28,8 @@ from evaluator.checkpoints import Checkpoint
 
 #: The evaluator's own directory inside a model directory (runs and scans skip dot-directories).
 OWN_DIR = ".evaluator"
+#: The file a restore does not need (the graph, written after the index): pinned when it is there.
+META = ".meta"
 #: Errors of os.link that say a link cannot be made here (then the files are copied).
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP)
 
@@ -76,9 +78,13 @@ class Pins:
             return False
         with self._lock:
             if self._whole(ckpt) and self._same(ckpt):
+                self._add_optional(ckpt)  # a `.meta` written after the index (what --meta-graph checks)
                 return True
             if not checkpoints.exists(ckpt.path):
-                return self._whole(ckpt)
+                whole = self._whole(ckpt)
+                if not whole:
+                    self.log.debug("checkpoint gone before it could be pinned", checkpoint=ckpt.name)
+                return whole
             try:
                 return self._pin(ckpt)
             except OSError as err:
@@ -91,34 +97,53 @@ class Pins:
                 return False
 
     def _pin(self, ckpt: Checkpoint) -> bool:
-        sources = sorted(checkpoints.files(ckpt.path), key=lambda path: path.endswith(checkpoints.INDEX_SUFFIX))
-        if not sources:
+        """Its data shards, then its index (what makes a pin whole), then its `.meta` if there."""
+        sources = checkpoints.files(ckpt.path)
+        needed = sorted((p for p in sources if not p.endswith(META)), key=lambda p: p.endswith(checkpoints.INDEX_SUFFIX))
+        if not needed:
             return False
-        target_dir = os.path.dirname(self.path(ckpt))
-        os.makedirs(target_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(self.path(ckpt)), exist_ok=True)
         copies: dict[str, int] = {}
-        for source in sources:
-            target = os.path.join(target_dir, os.path.basename(source))
-            temporary = os.path.join(target_dir, f".{os.path.basename(source)}.pin-{os.getpid()}")
-            _remove(temporary)
-            try:
-                linked = _link(source, temporary)
-                if not linked:
-                    size = os.path.getsize(source)
-                    if sum(self._copies.values()) + sum(copies.values()) + size > self.budget:
-                        self._over_budget(ckpt)
-                        self._unpin(ckpt)
-                        return False
-                    shutil.copyfile(source, temporary)
-                    copies[target] = size
-                os.replace(temporary, target)
-            except FileNotFoundError:  # deleted while pinned: what is there is not whole
-                _remove(temporary)
+        for source in needed:
+            placed = self._place(ckpt, source, copies)
+            if placed is None:  # deleted while pinned, or past the budget: what is there is not whole
+                self.log.debug("checkpoint not pinned", checkpoint=ckpt.name, file=os.path.basename(source))
                 self._unpin(ckpt)
                 return False
         self._copies.update(copies)
         self.made[ckpt.name] = ckpt
+        self._add_optional(ckpt)
         return True
+
+    def _add_optional(self, ckpt: Checkpoint) -> None:
+        """The files a restore does not need (`.meta`), where the pin lacks them: best effort."""
+        if ckpt.is_weight_file:
+            return
+        meta = ckpt.path + META
+        if os.path.exists(meta) and not os.path.exists(self.path(ckpt) + META):
+            copies: dict[str, int] = {}
+            if self._place(ckpt, meta, copies):
+                self._copies.update(copies)
+
+    def _place(self, ckpt: Checkpoint, source: str, copies: dict[str, int]) -> str | None:
+        """One file into the pin (a link, else a copy within the budget); its path, or None."""
+        target = os.path.join(os.path.dirname(self.path(ckpt)), os.path.basename(source))
+        temporary = os.path.join(os.path.dirname(target), f".{os.path.basename(source)}.pin-{os.getpid()}")
+        _remove(temporary)
+        try:
+            if not _link(source, temporary):
+                size = os.path.getsize(source)
+                if sum(self._copies.values()) + sum(copies.values()) + size > self.budget:
+                    self._over_budget(ckpt)
+                    return None
+                shutil.copyfile(source, temporary)
+                copies[target] = size
+            os.replace(temporary, target)
+        except FileNotFoundError:
+            _remove(temporary)
+            copies.pop(target, None)
+            return None
+        return target
 
     def _over_budget(self, ckpt: Checkpoint) -> None:
         if not self._said_budget:

@@ -39,6 +39,24 @@ from evaluator.checkpoints import INDEX_SUFFIX, STATE_FILE, is_weight_file
 
 _log = structlog.get_logger("evaluator.watcher")
 
+#: How long watchdog's inotify emitter holds a rename's first half (IN_MOVED_FROM) to pair it with
+#: its second. Its default, 0.5 s, is slept through whole, even once the pair has formed: when the two
+#: halves of a rename (TensorFlow writes every file so) come in two reads, every event behind them
+#: waits half a second, and a checkpoint that lives less (a trainer saving every step, keeping two)
+#: is deleted before its index event arrives to pin it. The halves come microseconds apart.
+MOVE_PAIRING_SECONDS = 0.02
+
+
+def _shorten_move_pairing() -> None:
+    try:
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+    except ImportError:  # not Linux, or a watchdog that pairs moves otherwise
+        return
+    InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
+
+
+_shorten_move_pairing()
+
 _RELEVANT = {EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_MOVED, EVENT_TYPE_DELETED, EVENT_TYPE_CLOSED}
 _EVENT_FILTER = [
     FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileDeletedEvent, FileClosedEvent,
