@@ -4,8 +4,9 @@ of a change, and a local, stable copy of one checkpoint to restore from.
 
 A local directory (`local.py`: inotify or polling, the state file, a scan, hard-to-lose open
 descriptors) is the first source; `artifacts.py` lists exported models (numbered SavedModel
-versions, frozen `.pb` files) as checkpoints. Object storage would be a further source: `open_source`
-picks one, and nothing above this package changes.
+versions, frozen `.pb` files) as checkpoints; `remote.py` a prefix on object storage (s3://, gs://),
+listed every poll interval and staged locally. `open_source` picks one, and nothing above this
+package changes.
 """
 
 from __future__ import annotations
@@ -25,11 +26,17 @@ class Held:
 
     path: str
     files: dict[str, IO[bytes]] = field(default_factory=dict)
+    #: Called once by close(): what the source does when the copy is no longer needed (a remote
+    #: source removes the staged download; the row is recorded, or the checkpoint stays pending).
+    release: Callable[[], None] | None = None
 
     def close(self) -> None:
         for handle in self.files.values():
             handle.close()
         self.files = {}
+        if self.release is not None:
+            release, self.release = self.release, None
+            release()
 
 
 class Source(Protocol):
@@ -91,14 +98,38 @@ class Source(Protocol):
     # -- a stable copy ----------------------------------------------------------------------------
 
     def hold(self, ckpt: Checkpoint) -> Held:
-        """A local, stable view of `ckpt` to restore from and keep; the caller closes it."""
+        """A local, stable view of `ckpt` to restore from and keep; the caller closes it (after its row
+        is recorded). May raise CheckpointDeferred: no copy now, it stays pending (`retry_in`)."""
         ...
 
 
+def is_remote(location: str) -> bool:
+    """Whether a location is on object storage (s3://, gs://) rather than a local path."""
+    from evaluator.sources.remote import is_remote as remote
+
+    return remote(location)
+
+
+def normalize(location: str) -> str:
+    """A location as its rows name it: a URL without a trailing slash, or an absolute local path."""
+    if is_remote(location):
+        from evaluator.sources.remote import normalize as normalize_url
+
+        return normalize_url(location)
+    from evaluator.checkpoints import normalize_model_dir
+
+    return normalize_model_dir(location)
+
+
 def open_source(location: str, *, weight_files: bool, poll: bool = False, poll_interval: float = 1.0,
-                artifact: str | None = None) -> Source:
+                artifact: str | None = None, pin_budget: int | str = "10%") -> Source:
     """The source for a run's location: a local directory of checkpoints, or of exported models
-    (`artifact`: "savedmodel" versions, "frozen-graph" files; sources/artifacts.py)."""
+    (`artifact`: "savedmodel" versions, "frozen-graph" files; sources/artifacts.py), or a prefix on
+    object storage (sources/remote.py; `pin_budget` bounds its staged copies)."""
+    if is_remote(location):
+        from evaluator.sources.remote import RemoteDirectory
+
+        return RemoteDirectory(location, weight_files=weight_files, poll_interval=poll_interval, pin_budget=pin_budget)
     if artifact is not None:
         from evaluator.sources.artifacts import ArtifactDirectory
 
@@ -111,6 +142,8 @@ def open_source(location: str, *, weight_files: bool, poll: bool = False, poll_i
 def watch_root(root: str, on_change: Callable[[], None], *, weight_files: bool) -> Any:
     """Start watching `root` for new runs (`on_change` from another thread); the watcher (with stop()),
     or None when it cannot be watched now (not there yet)."""
+    if is_remote(root):
+        return None  # listed at each --rescan tick
     from evaluator.sources.local import RootWatcher
 
     watcher = RootWatcher(root, on_change, weight_files=weight_files)
@@ -118,7 +151,12 @@ def watch_root(root: str, on_change: Callable[[], None], *, weight_files: bool) 
 
 
 def discover(root: str, depth: int, weight_files: bool) -> list[str]:
-    """The runs below `root` (`--root`): the locations that hold checkpoints."""
+    """The runs below `root` (`--root`): the locations that hold checkpoints (SourceUnavailable when
+    a remote root can't be listed now)."""
+    if is_remote(root):
+        from evaluator.sources.remote import discover as discover_remote
+
+        return discover_remote(root, depth, weight_files)
     from evaluator.sources.local import discover as discover_local
 
     return discover_local(root, depth, weight_files)
