@@ -26,7 +26,7 @@ def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(figures_path.read_text())
     assert {"machine", "latency", "idle", "cost", "memory", "report", "throughput", "poll", "keras", "metrics", "pool",
-            "nocode"} <= set(figures)
+            "nocode", "objectstore"} <= set(figures)
 
     latency = figures["latency"]
     assert latency["evaluator_evaluated"] == latency["checkpoints"]  # every checkpoint, each once
@@ -48,6 +48,9 @@ def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert set(pool["claim_ms"]) == {"sqlite", "postgresql"} and all(v > 0 for v in pool["claim_ms"].values())
     assert set(pool["per_minute"]) == {"1", "2"} and pool["speedup"] > 0
     assert figures["nocode"]["same_accuracy"] is True and figures["nocode"]["ratio"] > 0  # --meta-graph = --task
+    store = figures["objectstore"]
+    assert store["ok"] == store["checkpoints"] == 2 and store["upload_to_start_max_s"] > 0
+    assert store["staged_mib_s"] > 0 and store["plain_get_mib_s"] > 0 and store["listing_ms"] > 0
     assert figures["nocode"]["savedmodel_same_accuracy"] is True and figures["nocode"]["frozen-graph_same_accuracy"] is True
     events = figures["poll"]["events"]
     assert events["rows"] == events["saved"] == 20  # with events, every save gets a row

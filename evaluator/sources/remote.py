@@ -92,9 +92,10 @@ def check(url: str, *, wait: bool) -> None:
     """At start: ModelDirError when the bucket does not exist (unless `wait`); SourceUnavailable
     (exit 75) when the storage can't be reached."""
     fs = filesystem(url)
-    bucket = _split(url)[1].split("/")[0]
+    path = _split(url)[1]
+    bucket = path.split("/")[0]
     try:
-        there = fs.exists(bucket)
+        there = bool(fs.find(path, maxdepth=1, withdirs=False)) or fs.exists(bucket)  # find raises when unreachable
     except Exception as err:  # noqa: BLE001 - the backends' errors have no common type
         if wait:
             return
@@ -213,6 +214,8 @@ class RemoteDirectory:
         self._current: dict[str, Obj] | None = None
         self._previous: dict[str, Obj] = {}
         self._listed_at = -float("inf")
+        #: Listings made so far (a checkpoint is stable from the second on).
+        self._listings = 0
         self._reachable: bool | None = None
         self._error: str | None = None
         self._state: tuple[str, State] | None = None
@@ -244,6 +247,7 @@ class RemoteDirectory:
                 return False
             before = (self._previous, self._current)
             self._previous, self._current = self._current or {}, listing
+            self._listings += 1
             return before != (self._previous, self._current)
 
     def _listing(self) -> dict[str, Obj]:
@@ -251,11 +255,12 @@ class RemoteDirectory:
         than --poll-interval (`--once`: two listings a poll interval apart say what is stable)."""
         if self._current is None:
             self.refresh()
-            if self._thread is None and self._reachable:
-                time.sleep(self.poll_interval)
+        if self._thread is None and self._reachable:
+            wait = self._listed_at + self.poll_interval - time.monotonic()
+            if self._listings < 2 and wait > 0:
+                time.sleep(wait)
+            if self._listings < 2 or wait <= 0:
                 self.refresh()
-        elif self._thread is None and time.monotonic() - self._listed_at >= self.poll_interval:
-            self.refresh()
         with self._lock:
             return dict(self._current or {})
 
