@@ -50,7 +50,7 @@ def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert figures["nocode"]["same_accuracy"] is True and figures["nocode"]["ratio"] > 0  # --meta-graph = --task
     store = figures["objectstore"]
     assert store["ok"] == store["checkpoints"] == 2 and store["upload_to_start_max_s"] > 0
-    assert store["staged_mib_s"] > 0 and store["plain_get_mib_s"] > 0 and store["listing_ms"] > 0
+    assert store["staged_mib_s"] > 0 and store["plain_get_mib_s"] > 0 and store["listing_ms"] > 0 and store["plain_ls_ms"] > 0
     assert figures["nocode"]["savedmodel_same_accuracy"] is True and figures["nocode"]["frozen-graph_same_accuracy"] is True
     events = figures["poll"]["events"]
     assert events["rows"] == events["saved"] == 20  # with events, every save gets a row

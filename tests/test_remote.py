@@ -118,6 +118,20 @@ def test_missing_bucket_and_missing_extra(s3_env: dict[str, str], monkeypatch: p
         remote.filesystem("gs://b/run")
 
 
+def test_keras_weight_files(s3_env: dict[str, str], tmp_path: Path) -> None:
+    fs = client("s3://x", s3_env)
+    bucket = _bucket(fs, "keras")
+    fs.pipe_file(f"{bucket}/run/model.03.weights.h5", b"weights")
+    source = open_source(f"s3://{bucket}/run", weight_files=True, poll_interval=0.05)
+    (ckpt,) = source.found(set())
+    assert (ckpt.name, ckpt.name_step, ckpt.is_weight_file) == ("model.03.weights.h5", 3, True)
+    assert source.complete(ckpt) and source.started(ckpt) and source.fingerprint(ckpt)
+    held = source.hold(ckpt)
+    assert held.path.endswith("/model.03.weights.h5") and Path(held.path).read_bytes() == b"weights"
+    held.close()
+    assert not Path(held.path).exists()
+
+
 def test_root_discovery(s3_env: dict[str, str], trained_dir: Path) -> None:
     fs = client("s3://x", s3_env)
     bucket = _bucket(fs, "sweep")
@@ -203,6 +217,10 @@ def test_root_on_s3_once(s3: dict[str, str], trained_dir: Path, tmp_path: Path) 
     rows = read_rows(db)
     assert sorted((r["model_dir"], r["checkpoint"], r["status"]) for r in rows) == [
         (f"s3://{bucket}/sweep/{run}", name, "ok") for run in ("lr1", "lr2") for name in NAMES]
+    report = run_cli("report", "--db", sqlite_url(db), "--model-dir", f"s3://{bucket}/sweep/lr1/", "--format", "json")
+    assert report.returncode == 0 and len(json.loads(report.stdout)) == 3, report.stderr
+    report = run_cli("report", "--db", sqlite_url(db), "--root", f"s3://{bucket}/sweep", "--format", "json")
+    assert report.returncode == 0 and len(json.loads(report.stdout)) == 6, report.stderr
 
 
 @pytest.mark.slow
@@ -225,4 +243,3 @@ def test_clear_errors(s3: dict[str, str], tmp_path: Path) -> None:
     assert unreachable.returncode == 75 and "cannot reach s3://b/run" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
     assert not db.exists()
-    json.dumps(None)

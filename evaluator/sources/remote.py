@@ -228,10 +228,14 @@ class RemoteDirectory:
     def refresh(self) -> bool:
         """List the prefix once more; returns whether the listing (or what is stable in it) changed."""
         try:
-            self.fs.invalidate_cache(self._path)
-            found = self.fs.find(self._path, maxdepth=1, withdirs=False, detail=True)
-            listing = {name[len(self._path) + 1:]: _entry(info) for name, info in found.items()
-                       if name.startswith(self._path + "/") and "/" not in name[len(self._path) + 1:]}
+            try:
+                found = self.fs.ls(self._path, detail=True, refresh=True)  # one request per 1,000 objects
+            except FileNotFoundError:  # nothing under the prefix yet (or no bucket: below)
+                found = []
+            start = len(self._path) + 1
+            listing = {info["name"][start:]: _entry(info) for info in found
+                       if info.get("type") == "file" and info["name"].startswith(self._path + "/")
+                       and "/" not in info["name"][start:]}
             reachable = bool(listing) or self.fs.exists(self._path.split("/")[0])
             error = None if reachable else f"bucket {self._path.split('/')[0]} does not exist"
         except Exception as err:  # noqa: BLE001 - the backends' errors have no common type
