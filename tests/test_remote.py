@@ -132,6 +132,32 @@ def test_keras_weight_files(s3_env: dict[str, str], tmp_path: Path) -> None:
     assert not Path(held.path).exists()
 
 
+def test_state_file_paths(s3_env: dict[str, str]) -> None:
+    fs = client("s3://x", s3_env)
+    bucket = _bucket(fs, "paths")
+    fs.pipe_file(f"{bucket}/run/checkpoint", (
+        'model_checkpoint_path: "/home/me/train/model.ckpt-30"\n'  # a v1 Saver's absolute path, synced
+        f'all_model_checkpoint_paths: "s3://{bucket}/run/model.ckpt-10"\n'
+        'all_model_checkpoint_paths: "model.ckpt-20"\n'
+        'all_model_checkpoint_paths: "../other/model.ckpt-5"\n'
+        'all_model_checkpoint_paths: "gs://elsewhere/model.ckpt-7"\n'
+        'all_model_checkpoint_paths: "/home/me/train/model.ckpt-30"\n').encode())
+    state = open_source(f"s3://{bucket}/run", weight_files=False, poll_interval=0.01).listed()
+    assert [c.name for c in state.checkpoints] == ["model.ckpt-10", "model.ckpt-20", "model.ckpt-30"]
+    assert state.ignored == [f"s3://{bucket}/run/../other/model.ckpt-5", "gs://elsewhere/model.ckpt-7"]
+
+
+def test_unreachable_storage_is_logged_and_listed_again(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    source = open_source("s3://away/run", weight_files=False, poll_interval=0.01)
+    assert not source.ensure() and not source.refresh()
+    out = capsys.readouterr().out
+    assert out.count("cannot list the model directory's objects; will try again") == 1  # once, not per poll
+    assert "Could not connect" in out
+
+
 def test_root_discovery(s3_env: dict[str, str], trained_dir: Path) -> None:
     fs = client("s3://x", s3_env)
     bucket = _bucket(fs, "sweep")
@@ -200,6 +226,32 @@ def _wait_rows(daemon: Daemon, db: Path, url: str, count: int, timeout: float = 
             return rows
         time.sleep(0.2)
     raise AssertionError(f"{count} rows for {url}:\n{daemon.log_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_past_the_pin_budget_checkpoints_wait_and_are_not_lost(s3: dict[str, str], trained_dir: Path,
+                                                               tmp_path: Path) -> None:
+    fs = client("s3://x", s3)
+    bucket = _bucket(fs, "tight")
+    for file in trained_dir.iterdir():
+        fs.put_file(str(file), f"{bucket}/run/{file.name}")
+    url, db = f"s3://{bucket}/run", tmp_path / "e.db"
+    env = cli_env(**s3, XDG_CACHE_HOME=str(tmp_path / "cache"), XDG_DATA_HOME=str(tmp_path / "data"))
+    daemon = Daemon(url, db, "--poll-interval", "0.2", "--pin-budget", "1000", env=env).start()  # type: ignore[arg-type]
+    try:
+        warning = daemon.wait_event("not staged: the staged copies would pass the budget; it waits for space",
+                                    checkpoint="model.ckpt-20")
+        assert "--pin-budget 1000" in warning["budget"]
+        time.sleep(2)
+        assert _rows(db, url) == []  # waiting, not missing
+    finally:
+        assert daemon.stop() == 0
+    daemon = Daemon(url, db, "--poll-interval", "0.2", "--keep-best", "0", env=env).start()  # type: ignore[arg-type]
+    try:
+        rows = _wait_rows(daemon, db, url, len(NAMES))
+    finally:
+        assert daemon.stop() == 0
+    assert sorted((r["checkpoint"], r["status"]) for r in rows) == [(n, "ok") for n in NAMES]
 
 
 @pytest.mark.slow

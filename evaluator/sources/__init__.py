@@ -42,7 +42,8 @@ class Held:
 class Source(Protocol):
     """The checkpoints of one run (one model directory)."""
 
-    #: The run's location as its rows name it (a local directory: absolute, symlinks resolved).
+    #: The run's location as its rows name it (a local directory: absolute, symlinks resolved; object
+    #: storage: the URL, without a trailing slash).
     location: str
 
     # -- what is there now ------------------------------------------------------------------------

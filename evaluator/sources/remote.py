@@ -84,7 +84,7 @@ def filesystem(url: str) -> Any:
         except ImportError:
             raise ConfigError(f"{scheme}:// locations need {module}: pip install 'evaluator[{extra}]'") from None
         logging.getLogger("gcsfs").setLevel(logging.ERROR)  # "could not determine bucket type" per call
-        _filesystems[protocol] = fsspec.filesystem(protocol)
+        _filesystems[protocol] = fsspec.filesystem(protocol, skip_instance_cache=True)
     return _filesystems[protocol]
 
 
@@ -317,14 +317,21 @@ class RemoteDirectory:
         return [os.path.relpath(p, directory) if p.startswith(directory + os.sep) else p for p in listed]
 
     def _resolve(self, listed: list[str]) -> State:
-        """The listed names: relative, this URL's own, or another machine's path to the same
-        directory (a sync tool copied it: the name is the last part)."""
+        """The listed names: relative, this URL's own, or an absolute path of the machine that wrote
+        them (a sync tool copied the directory: the name is its last part). Another URL, or a path
+        up or down the tree, is ignored (the run logs it), as on disk."""
         found: dict[str, Checkpoint] = {}
         ignored: list[str] = []
-        for position, raw in enumerate(listed):
-            name = raw[len(self.location) + 1:] if raw.startswith(self.location + "/") else raw.rstrip("/").split("/")[-1]
-            if name in ("", ".", "..") or "\\" in name:
-                ignored.append(raw)
+        for raw in listed:
+            if raw.startswith(self.location + "/"):
+                name = raw[len(self.location) + 1:]
+            elif raw.startswith("/"):
+                name = raw.rstrip("/").rsplit("/", 1)[-1]
+            else:
+                name = raw  # relative; another URL or a path up or down the tree is not this directory's
+            if name in ("", ".", "..") or "/" in name or "://" in raw and not raw.startswith(self.location + "/"):
+                if f"{self.location}/{raw}" not in ignored:
+                    ignored.append(raw if "://" in raw or raw.startswith("/") else f"{self.location}/{raw}")
                 continue
             found.setdefault(name, self._checkpoint(name))
         order = {name: i for i, name in enumerate(found)}
