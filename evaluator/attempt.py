@@ -129,6 +129,8 @@ class Attempts:
             if written is None:
                 return 0, True
             self._act(run, written, held)
+            for pending, _ in results:
+                run.source.done(pending.checkpoint)  # after the actions: the best kept links the pin
             return len(written), stop
         finally:
             self.heartbeat.holding.clear()
@@ -167,7 +169,7 @@ class Attempts:
         if written is None:
             return 0
         for pending in missing:
-            run.backlog.done(pending, None)
+            self._done(run, pending, None)
         if len(written) < len(rows):  # the others have a row already: another evaluator's, said by its log
             run.log.debug("already recorded by another evaluator", count=len(rows) - len(written))
         if len(written) <= 3:
@@ -217,7 +219,7 @@ class Attempts:
         ours = []
         for (pending, key), claim in zip(keyed, claims):
             if claim is Claim.RECORDED:
-                run.backlog.done(pending, key.fingerprint)
+                self._done(run, pending, key.fingerprint)
             elif claim is Claim.HELD and not self._take_over_from_the_dead(run, key):
                 run.log.debug("claimed by another evaluator", checkpoint=key.checkpoint)
                 run.backlog.defer(pending, min(self.options.lease / 3, 5.0))
@@ -336,6 +338,12 @@ class Attempts:
         self.notifier.ping()
         self.shutdown.check()
 
+    @staticmethod
+    def _done(run: Run, pending: Pending, fingerprint: str | None) -> None:
+        """`pending` has a row (ours, or another evaluator's): off the backlog, its pin let go."""
+        run.backlog.done(pending, fingerprint)
+        run.source.done(pending.checkpoint)
+
     def _record(self, run: Run, results: list[tuple[Pending, Evaluation]]) -> list[Evaluation] | None:
         """Write the rows (dropping our claims) in one transaction, retrying while the database
         refuses; returns those written (a row another evaluator wrote first is kept, not doubled).
@@ -350,7 +358,7 @@ class Attempts:
             return None
         ours = {id(e) for e in written}
         for pending, evaluation in results:
-            run.backlog.done(pending, evaluation.fingerprint)
+            run.backlog.done(pending, evaluation.fingerprint)  # (its pin goes after the actions: batch())
             if id(evaluation) not in ours:
                 run.log.warning("already recorded by another evaluator; kept that row", checkpoint=evaluation.checkpoint)
                 continue

@@ -103,6 +103,10 @@ class Backlog:
             if fingerprint:
                 fingerprints.add(fingerprint)
 
+    def is_recorded(self, ckpt: Checkpoint) -> bool:
+        with self._lock:
+            return self._is_recorded(ckpt)
+
     def _is_recorded(self, ckpt: Checkpoint) -> bool:
         fingerprints = self._recorded.get(ckpt.name)
         if fingerprints is None:
@@ -134,14 +138,15 @@ class Backlog:
             new_family = len(self.families) > families
         return new, ignored, new_family
 
-    def found_on_disk(self, found: list[Checkpoint]) -> list[Checkpoint]:
+    def found_on_disk(self, found: list[Checkpoint], any_family: bool = False) -> list[Checkpoint]:
         """Checkpoints whose `.index` is on disk (an event, or a scan of the directory), in families
-        the state file lists, and Keras weight files; returns those new to the backlog. One counts as seen on disk (so
-        that its disappearance means deletion) once its data is there too."""
+        the state file lists (or of `any_family`: pinned ones), and Keras weight files; returns those
+        new to the backlog. One counts as seen on disk (so that its disappearance means deletion)
+        once its data is there too."""
         new: list[Checkpoint] = []
         with self._lock:
             for ckpt in found:
-                if not ckpt.is_weight_file and checkpoints.family(ckpt.name) not in self.families:
+                if not (any_family or ckpt.is_weight_file) and checkpoints.family(ckpt.name) not in self.families:
                     continue
                 # Seen on disk: complete now, or already deleted again (max_to_keep). An index
                 # whose data has not arrived yet (an odd copy order) is not there yet.

@@ -109,6 +109,16 @@ class Run:
     def load_rows(self, store: Store) -> None:
         self.backlog.set_recorded(store.recorded(self.model_dir, self.name))
         self.rows_loaded_at = time.monotonic()
+        self.adopt_pins()
+
+    def adopt_pins(self) -> None:
+        """The pinned checkpoints (by an earlier process too): those with a row let go, the others
+        pending, whatever training did to their files meanwhile."""
+        pinned = self.source.pinned()
+        for ckpt in pinned:
+            if self.backlog.is_recorded(ckpt):
+                self.source.done(ckpt)
+        self.detected(self.backlog.found_on_disk(pinned, any_family=True), "pinned")
 
     def rescan(self, store: Store, interval: float, disk: bool = True) -> None:
         """The safety net, every --rescan seconds: rows written by others (or removed by `evaluator
@@ -128,6 +138,9 @@ class Run:
         self.detected(self.backlog.found_on_disk(found), "directory scan")
 
     def detected(self, new: list[Checkpoint], source: str) -> None:
+        """Checkpoints new to the backlog: pinned (those complete), logged."""
+        for ckpt in new:
+            self.source.pin(ckpt)
         if new:
             self._on_new()
         if len(new) <= DETAIL_LINES:

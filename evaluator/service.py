@@ -22,7 +22,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from evaluator import log
+from evaluator import checkpoints, log
 from evaluator.actions.setup import build_actions, check_actions
 from evaluator.attempt import Attempts
 from evaluator.claims import Heartbeat, owner_id
@@ -34,13 +34,15 @@ from evaluator.errors import (
     DatabaseError,
     ModelDirError,
     SourceUnavailable,
+    StateFileError,
     StoreWriteError,
     TemporaryError,
 )
 from evaluator.notify import Notifier
 from evaluator.options import WatchOptions
 from evaluator.runs import Run
-from evaluator.sources import discover, is_remote, normalize, open_source, watch_root
+from evaluator.sources import Source, discover, is_remote, normalize, open_source, watch_root
+from evaluator.sources.pins import Pins
 from evaluator.shutdown import Shutdown
 from evaluator.store import Store, describe
 from evaluator.task import batch_size_of, load_task
@@ -81,6 +83,8 @@ class Service:
         self._turn = 0
         #: --root: a watcher per root (new runs), and whether one reported something to look at.
         self._root_watchers: dict[str, Any] = {}
+        #: Model directories watched (and pinned) before the model was built: their runs take them.
+        self._early_sources: dict[str, Source] = {}
         self._discover_now = threading.Event()
         done_file = os.path.join(self.directories[0], options.done_file) if options.done_file and self.single else None
         self.ending = Ending(options.until_step, options.idle_timeout, done_file)
@@ -118,6 +122,7 @@ class Service:
         self.log.info("starting", task=self.options.task, db=describe(self.options.db_url),
                       name=self.options.name, device=self.options.device, ema=self._settings["ema"],
                       mode="once" if self.options.once else ("poll" if self.options.poll else "events"), **where)
+        self._pin_early()
         log.quiet_tensorflow()
         task = self._task()
         if task is None:  # stopped while waiting for the graph
@@ -196,12 +201,52 @@ class Service:
             raise ConfigError(f"--meta-graph, --savedmodel and --frozen-graph read a local directory, not {location}")
         remote.check(location, wait=self.options.wait_for_dir)
 
+    def _pin_early(self) -> None:
+        """Before TensorFlow loads and the model is built (seconds): each model directory watched and
+        what is complete in it pinned, so that what training writes and rotates away meanwhile is
+        kept for the run (sources/pins.py). Exported models (--savedmodel, --frozen-graph) are not pinned."""
+        if self.options.nocode is not None and self.options.nocode.mode != "meta-graph":
+            return
+        for directory in self.directories:
+            if not os.path.isdir(directory):
+                continue
+            source = open_source(directory, weight_files=True, poll=self.options.poll,
+                                 poll_interval=self.options.poll_interval, pins=self._pins(directory))
+            if not self.options.once:
+                source.watch(lambda: None, lambda ckpt: None)  # pins each checkpoint as its index appears
+            try:
+                state = source.listed()
+            except StateFileError:
+                state = checkpoints.State()
+            families = {checkpoints.family(ckpt.name) for ckpt in state.checkpoints}
+            for ckpt in [*state.checkpoints, *source.found(families)]:
+                source.pin(ckpt)
+            self._early_sources[directory] = source
+
+    def _pins(self, directory: str) -> Pins:
+        location = checkpoints.normalize_model_dir(directory)
+        return Pins(location, self.options.name, self.options.pin_budget, log.get(model_dir=location))
+
+    def _open_source(self, directory: str) -> Source:
+        """The run's source: the one watched since before the model was built, or a new one."""
+        assert self.model is not None
+        if is_remote(directory):  # pinned by staging its downloads (sources/remote.py)
+            return open_source(directory, weight_files=self.model.reads_weight_files,
+                               poll_interval=self.options.poll_interval, pin_budget=self.options.pin_budget)
+        source = self._early_sources.pop(directory, None)
+        if source is None or self.model.artifact is not None:
+            if source is not None:
+                source.stop()
+            return open_source(directory, weight_files=self.model.reads_weight_files, poll=self.options.poll,
+                               poll_interval=self.options.poll_interval, artifact=self.model.artifact,
+                               pins=None if self.model.artifact else self._pins(directory))
+        source.reads_weight_files(self.model.reads_weight_files)  # type: ignore[attr-defined]
+        return source
+
     def _add_run(self, directory: str) -> Run:
         """Start serving a model directory: its rows, its actions (caught up), its watcher."""
         assert self.store is not None and self.model is not None and self.heartbeat is not None
-        source = open_source(directory, weight_files=self.model.reads_weight_files, poll=self.options.poll,
-                             poll_interval=self.options.poll_interval, artifact=self.model.artifact,
-                             pin_budget=self.options.pin_budget)
+        source = self._open_source(directory)
         run = Run(source, grace=self.options.missing_grace, name=self.options.name, on_new=self.ending.activity)
         run.load_rows(self.store)
         self._check_settings(run)
@@ -309,6 +354,8 @@ class Service:
         self.notifier.stopping()
         for watcher in self._root_watchers.values():
             watcher.stop()
+        for source in self._early_sources.values():
+            source.stop()
         for run in self.runs.values():
             run.stop()
         if self.heartbeat is not None:

@@ -90,7 +90,14 @@ def test_complete_only_when_every_shard_is_there_and_stable(s3_env: dict[str, st
         assert handle.read() == (trained_dir / name).read_bytes()
     assert source.staging.used > 0
     held.close()
-    assert not staged.exists() and source.staging.used == 0
+    assert staged.exists() and source.pin(ckpt)  # the pin stays until the row is written
+    fs.rm([f"{bucket}/run/{p.name}" for p in trained_dir.glob("model.ckpt-20.*") if ".meta" not in p.name])  # max_to_keep
+    source.refresh()
+    source.refresh()
+    assert source.complete(ckpt) and source.fingerprint(ckpt) == etag  # the staged copy holds it
+    source.hold(ckpt).close()
+    source.done(ckpt)
+    assert not staged.exists() and source.staging.used == 0 and not source.complete(ckpt)
 
 
 def test_past_the_budget_a_checkpoint_waits(s3_env: dict[str, str], trained_dir: Path,
@@ -102,10 +109,10 @@ def test_past_the_budget_a_checkpoint_waits(s3_env: dict[str, str], trained_dir:
     size = sum(p.stat().st_size for p in trained_dir.glob("model.ckpt-20.*"))
     source = open_source(f"s3://{bucket}/run", weight_files=False, poll_interval=0.05, pin_budget=size + 10)
     first, second = source.listed().checkpoints[:2]
-    held = source.hold(first)
+    source.hold(first).close()
     with pytest.raises(CheckpointDeferred, match="pin-budget"):
         source.hold(second)
-    held.close()
+    source.done(first)
     source.hold(second).close()  # space freed: staged
 
 
@@ -129,6 +136,7 @@ def test_keras_weight_files(s3_env: dict[str, str], tmp_path: Path) -> None:
     held = source.hold(ckpt)
     assert held.path.endswith("/model.03.weights.h5") and Path(held.path).read_bytes() == b"weights"
     held.close()
+    source.done(ckpt)
     assert not Path(held.path).exists()
 
 

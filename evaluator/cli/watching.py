@@ -53,8 +53,10 @@ from evaluator.options import DEFAULT_PIN_BUDGET, DEVICES, METRIC_NAMES, ORDERS,
 @name_option
 @click.option("--poll", is_flag=True,
               help="Poll the directory instead of using inotify events (NFS and other network file "
-                   "systems). A checkpoint that training writes and deletes (max_to_keep) within one "
-                   "poll interval is never seen, and gets no row: prefer events where they work.")
+                   "systems). A checkpoint that lives at least one poll interval is pinned at the look "
+                   "that sees it, and evaluated whatever training does next; one that training writes "
+                   "and deletes (max_to_keep) within one interval is never seen and gets no row: prefer "
+                   "events where they work.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
               metavar="SECONDS", help="With --poll: how often to scan the directory; for s3:// and gs:// "
                                        "model directories (always polled): how often to list their objects.")

@@ -26,17 +26,11 @@ class Held:
 
     path: str
     files: dict[str, IO[bytes]] = field(default_factory=dict)
-    #: Called once by close(): what the source does when the copy is no longer needed (a remote
-    #: source removes the staged download; the row is recorded, or the checkpoint stays pending).
-    release: Callable[[], None] | None = None
 
     def close(self) -> None:
         for handle in self.files.values():
             handle.close()
         self.files = {}
-        if self.release is not None:
-            release, self.release = self.release, None
-            release()
 
 
 class Source(Protocol):
@@ -99,8 +93,22 @@ class Source(Protocol):
     # -- a stable copy ----------------------------------------------------------------------------
 
     def hold(self, ckpt: Checkpoint) -> Held:
-        """A local, stable view of `ckpt` to restore from and keep; the caller closes it (after its row
-        is recorded). May raise CheckpointDeferred: no copy now, it stays pending (`retry_in`)."""
+        """A local, stable view of `ckpt` to restore from and keep; the caller closes it. May raise
+        CheckpointDeferred: no copy now (a remote source's staging), it stays pending (`retry_in`)."""
+        ...
+
+    # -- pins (sources/pins.py) -------------------------------------------------------------------
+
+    def pin(self, ckpt: Checkpoint) -> bool:
+        """Keep `ckpt` from deletion if it is complete; whether it is pinned now."""
+        ...
+
+    def done(self, ckpt: Checkpoint) -> None:
+        """Its row is written: let go of its pin."""
+        ...
+
+    def pinned(self) -> list[Checkpoint]:
+        """The checkpoints pinned (by this process or one before it)."""
         ...
 
 
@@ -123,10 +131,11 @@ def normalize(location: str) -> str:
 
 
 def open_source(location: str, *, weight_files: bool, poll: bool = False, poll_interval: float = 1.0,
-                artifact: str | None = None, pin_budget: int | str = "10%") -> Source:
-    """The source for a run's location: a local directory of checkpoints, or of exported models
-    (`artifact`: "savedmodel" versions, "frozen-graph" files; sources/artifacts.py), or a prefix on
-    object storage (sources/remote.py; `pin_budget` bounds its staged copies)."""
+                artifact: str | None = None, pins: Any = None, pin_budget: int | str = "10%") -> Source:
+    """The source for a run's location: a local directory of checkpoints (pinned in `pins`, a
+    sources.pins.Pins, when given), or of exported models (`artifact`: "savedmodel" versions,
+    "frozen-graph" files; sources/artifacts.py), or a prefix on object storage (sources/remote.py:
+    its pins are staged downloads, within `pin_budget`)."""
     if is_remote(location):
         from evaluator.sources.remote import RemoteDirectory
 
@@ -137,7 +146,7 @@ def open_source(location: str, *, weight_files: bool, poll: bool = False, poll_i
         return ArtifactDirectory(location, artifact, poll=poll, poll_interval=poll_interval)
     from evaluator.sources.local import LocalDirectory
 
-    return LocalDirectory(location, weight_files=weight_files, poll=poll, poll_interval=poll_interval)
+    return LocalDirectory(location, weight_files=weight_files, poll=poll, poll_interval=poll_interval, pins=pins)
 
 
 def watch_root(root: str, on_change: Callable[[], None], *, weight_files: bool) -> Any:

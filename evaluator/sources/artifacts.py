@@ -222,6 +222,17 @@ class ArtifactDirectory:
 
     # -- a stable copy ----------------------------------------------------------------------------
 
+    # Exported models are not pinned (an exporter keeping the last N versions may delete one before
+    # its turn: it is recorded missing).
+    def pin(self, ckpt: Checkpoint) -> bool:
+        return False
+
+    def done(self, ckpt: Checkpoint) -> None:
+        pass
+
+    def pinned(self) -> list[Checkpoint]:
+        return []
+
     def hold(self, ckpt: Checkpoint) -> Held:
         """The exported model where it is (no files held: nothing is copied from it)."""
         return Held(path=ckpt.path)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from evaluator import checkpoints
 from evaluator.checkpoints import Checkpoint, State
 from evaluator.sources import Held
+from evaluator.sources.pins import Pins
 from evaluator.sources.watcher import Watcher
 
 #: Directories --root never descends into: what the evaluator itself writes into a model directory.
@@ -24,13 +25,19 @@ OWN_OUTPUTS = ("eval", "export")
 class LocalDirectory:
     """One model directory on a file system."""
 
-    def __init__(self, model_dir: str, *, weight_files: bool, poll: bool = False, poll_interval: float = 1.0) -> None:
+    def __init__(self, model_dir: str, *, weight_files: bool, poll: bool = False, poll_interval: float = 1.0,
+                 pins: Pins | None = None) -> None:
         self.location = checkpoints.normalize_model_dir(model_dir)
         #: Whether Keras weight files are checkpoints here (the model's kind decides).
         self.weight_files = weight_files
         self._poll = poll
         self._poll_interval = poll_interval
         self._watcher: Watcher | None = None
+        #: Where complete checkpoints are pinned (None: not pinned).
+        self.pins = pins
+        #: What the watcher calls, set by `watch` (the watcher may start before the run exists).
+        self._on_change: Callable[[], None] = _nothing
+        self._on_written: Callable[[Checkpoint], None] = _nothing
 
     # -- what is there now ------------------------------------------------------------------------
 
@@ -51,10 +58,13 @@ class LocalDirectory:
         return os.path.exists(checkpoints.marker(ckpt.path))
 
     def complete(self, ckpt: Checkpoint) -> bool:
-        return checkpoints.exists(ckpt.path)
+        return checkpoints.exists(ckpt.path) or self._pinned_path(ckpt) is not None
 
     def fingerprint(self, ckpt: Checkpoint) -> str | None:
-        return checkpoints.fingerprint(ckpt.path)
+        found = checkpoints.fingerprint(ckpt.path)
+        if found is None and (pinned := self._pinned_path(ckpt)) is not None:
+            return checkpoints.fingerprint(pinned)  # training deleted it; the pin holds it
+        return found
 
     def files(self, ckpt: Checkpoint) -> tuple[tuple[str, int, int], ...]:
         return checkpoints.snapshot(ckpt.path)
@@ -66,13 +76,20 @@ class LocalDirectory:
         return self._watcher.kind if self._watcher is not None else "none"
 
     def watch(self, on_change: Callable[[], None], on_written: Callable[[Checkpoint], None]) -> None:
+        """Start the watcher (or, already started to pin before the model was built, hand it the
+        run's callbacks). A checkpoint whose index appears is pinned at once, in the watcher's thread."""
+        self._on_change, self._on_written = on_change, on_written
+        if self._watcher is not None:
+            return
+
         def written(prefix: str) -> None:
             ckpt = checkpoints.at(self.location, prefix)
-            if ckpt is not None:
-                on_written(ckpt)
+            if ckpt is not None and (self.weight_files or not ckpt.is_weight_file):
+                self.pin(ckpt)
+                self._on_written(ckpt)
 
-        self._watcher = Watcher(self.location, on_change, on_written=written, weight_files=self.weight_files,
-                                poll=self._poll, poll_interval=self._poll_interval)
+        self._watcher = Watcher(self.location, lambda: self._on_change(), on_written=written,
+                                weight_files=self.weight_files, poll=self._poll, poll_interval=self._poll_interval)
         self._watcher.start()
 
     def ensure(self) -> bool:
@@ -90,7 +107,43 @@ class LocalDirectory:
     # -- a stable copy ----------------------------------------------------------------------------
 
     def hold(self, ckpt: Checkpoint) -> Held:
-        return Held(path=ckpt.path, files=checkpoints.hold(ckpt.path))
+        """Its pin when it is pinned (training may delete its files any moment), else the files."""
+        path = self._pinned_path(ckpt) or ckpt.path
+        return Held(path=path, files=checkpoints.hold(path))
+
+    # -- pins -------------------------------------------------------------------------------------
+
+    def pin(self, ckpt: Checkpoint) -> bool:
+        if self.pins is None or (ckpt.is_weight_file and not self.weight_files):
+            return False
+        return self.pins.pin(ckpt)
+
+    def done(self, ckpt: Checkpoint) -> None:
+        if self.pins is not None:
+            self.pins.release(ckpt)
+
+    def reads_weight_files(self, weight_files: bool) -> None:
+        """The model's kind is known (watched and pinned before it was): without weight files, the
+        weight files pinned meanwhile are not its checkpoints."""
+        self.weight_files = weight_files
+        if self.pins is not None and not weight_files:
+            for name in self.pins.pinned():
+                ckpt = checkpoints.at(self.location, name)
+                if ckpt is not None and ckpt.is_weight_file:
+                    self.pins.release(ckpt)
+
+    def pinned(self) -> list[Checkpoint]:
+        if self.pins is None:
+            return []
+        found = [checkpoints.at(self.location, name) for name in self.pins.pinned()]
+        return [ckpt for ckpt in found if ckpt is not None and (self.weight_files or not ckpt.is_weight_file)]
+
+    def _pinned_path(self, ckpt: Checkpoint) -> str | None:
+        return self.pins.held_path(ckpt) if self.pins is not None else None
+
+
+def _nothing(*args: object) -> None:
+    pass
 
 
 class RootWatcher:

@@ -9,8 +9,9 @@ A sync tool uploads the state file before the files it names, and shards one by 
 is complete once its index and all its shards are there with the same size and tag in two
 listings in a row. A complete checkpoint is downloaded into a local staging directory
 ($XDG_CACHE_HOME/evaluator/staging/<run>/, the pin of a remote checkpoint: training's deletion
-cannot take it), restored from there, and removed once its row is recorded. The staged copies
-count against --pin-budget: past it, a checkpoint waits (a warning names the budget).
+cannot take it), as soon as it is complete and has no row (`pin`: the listing thread stages it),
+restored from there, and removed once its row is recorded (`done`). The staged copies count
+against --pin-budget: past it, a checkpoint waits (a warning names the budget).
 """
 
 from __future__ import annotations
@@ -222,6 +223,10 @@ class RemoteDirectory:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._over_budget: set[str] = set()
+        #: The checkpoints to stage (new to the backlog, no row yet), and those staged.
+        self._wanted: set[str] = set()
+        self._staged: dict[str, Staged] = {}
+        self._pin_lock = threading.RLock()
 
     # -- listing ----------------------------------------------------------------------------------
 
@@ -383,10 +388,13 @@ class RemoteDirectory:
 
     def complete(self, ckpt: Checkpoint) -> bool:
         names = self._files(ckpt.name, self._listing())
-        return names is not None and self._stable(names)
+        return (names is not None and self._stable(names)) or ckpt.name in self._staged
 
     def fingerprint(self, ckpt: Checkpoint) -> str | None:
-        obj = self._listing().get(checkpoints.marker(ckpt.name))
+        marker = checkpoints.marker(ckpt.name)
+        obj = self._listing().get(marker)
+        if obj is None and (staged := self._staged.get(ckpt.name)) is not None:
+            obj = staged.objects.get(marker)  # training deleted it; the staged copy holds it
         return obj.tag[:64] if obj is not None and obj.tag else None
 
     def files(self, ckpt: Checkpoint) -> tuple[tuple[str, int, int], ...]:
@@ -407,7 +415,9 @@ class RemoteDirectory:
         def poll() -> None:
             complete: set[str] = set()
             while not self._stop.wait(self.poll_interval):
-                if not self.refresh():
+                changed = self.refresh()
+                self._stage_wanted()
+                if not changed:
                     continue
                 now = {c.name for c in self._markers() if self.complete(c)}
                 for name in sorted(now - complete):
@@ -437,12 +447,63 @@ class RemoteDirectory:
             self._thread.join(timeout=10)
             self._thread = None
 
-    # -- a stable copy ----------------------------------------------------------------------------
+    # -- a stable copy: the pins ------------------------------------------------------------------
+
+    def pin(self, ckpt: Checkpoint) -> bool:
+        """Stage `ckpt` (a checkpoint new to the backlog) once it is complete: the listing thread
+        downloads it, oldest step first, so the loop is not held up by a backlog's downloads (and
+        `hold` stages one not staged yet itself). Whether it is staged now."""
+        with self._pin_lock:
+            self._wanted.add(ckpt.name)
+            return self._staged_copy(ckpt) is not None
+
+    def done(self, ckpt: Checkpoint) -> None:
+        """Its row is written: its staged copy is removed."""
+        with self._pin_lock:
+            self._wanted.discard(ckpt.name)
+            self._over_budget.discard(ckpt.name)
+            staged = self._staged.pop(ckpt.name, None)
+        if staged is not None:
+            shutil.rmtree(staged.directory, ignore_errors=True)
+            self.staging.free(staged.size)
+
+    def pinned(self) -> list[Checkpoint]:
+        """None from an earlier process: its staged copies are removed at start (the objects are
+        still listed, or count as deleted)."""
+        return []
 
     def hold(self, ckpt: Checkpoint) -> Held:
-        """Download the checkpoint into the staging directory; CheckpointDeferred when the budget
+        """Its staged copy (staged now if it is not yet), open; CheckpointDeferred when the budget
         is spent (it waits) or the download failed (the next look decides: changed, deleted)."""
-        listing = self._listing()
+        with self._pin_lock:
+            self._wanted.add(ckpt.name)
+            staged = self._staged_copy(ckpt) or self._stage(ckpt)
+        try:
+            files = {name: open(os.path.join(staged.directory, name), "rb") for name in staged.names}  # noqa: SIM115
+        except OSError as err:  # removed under us (a cache cleaner): download it again
+            self.done(ckpt)
+            raise CheckpointDeferred(f"{ckpt.name}: {err}", RETRY_STAGING) from None
+        return Held(path=os.path.join(staged.directory, ckpt.name), files=files)
+
+    def _staged_copy(self, ckpt: Checkpoint) -> Staged | None:
+        """The staged copy of `ckpt`, unless its objects were replaced since (training restarted
+        from scratch writes the same names): then it is dropped."""
+        staged = self._staged.get(ckpt.name)
+        if staged is None:
+            return None
+        with self._lock:
+            listing = self._current or {}
+        if all(listing.get(name, obj) == obj for name, obj in staged.objects.items()):
+            return staged  # the same objects, or deleted by training since: the copy is the pin
+        self._staged.pop(ckpt.name)
+        shutil.rmtree(staged.directory, ignore_errors=True)
+        self.staging.free(staged.size)
+        return None
+
+    def _stage(self, ckpt: Checkpoint) -> Staged:
+        """Download a complete checkpoint into the staging directory (under _pin_lock)."""
+        with self._lock:
+            listing = dict(self._current or {})
         names = self._files(ckpt.name, listing)
         if names is None:
             raise CheckpointDeferred(f"{ckpt.name} is not complete", RETRY_STAGING)
@@ -458,23 +519,45 @@ class RemoteDirectory:
         self._over_budget.discard(ckpt.name)
         os.makedirs(self.stage_dir, exist_ok=True)
         directory = tempfile.mkdtemp(prefix=f"{ckpt.name}.", suffix=f".{os.getpid()}", dir=self.stage_dir)
-
-        def release() -> None:
-            shutil.rmtree(directory, ignore_errors=True)
-            self.staging.free(size)
-
         try:
             self.fs.get([f"{self._path}/{n}" for n in names], [os.path.join(directory, n) for n in names])
             for name in names:
                 if os.path.getsize(os.path.join(directory, name)) != listing[name].size:
                     raise OSError(f"{name} changed while it was downloaded")
-            handles = {name: open(os.path.join(directory, name), "rb") for name in names}  # noqa: SIM115
         except Exception as err:  # noqa: BLE001 - deleted meanwhile, the network: the next look decides
-            release()
+            shutil.rmtree(directory, ignore_errors=True)
+            self.staging.free(size)
             self.log.info("could not download the checkpoint; will look again", checkpoint=ckpt.name,
                           error=first_line(err), retry_in=RETRY_STAGING)
             raise CheckpointDeferred(f"{ckpt.name}: {first_line(err)}", RETRY_STAGING) from None
-        return Held(path=os.path.join(directory, ckpt.name), files=handles, release=release)
+        staged = self._staged[ckpt.name] = Staged(directory, names, size, {n: listing[n] for n in names})
+        return staged
+
+    def _stage_wanted(self) -> None:
+        """From the listing thread: stage what is wanted and has just become complete."""
+        with self._pin_lock:
+            wanted = [self._checkpoint(name) for name in self._wanted if name not in self._staged]
+        for ckpt in sorted(wanted, key=lambda c: (c.name_step is None, c.name_step or 0, c.name)):
+            if self._stop.is_set():
+                return
+            with self._pin_lock:
+                if ckpt.name not in self._wanted or ckpt.name in self._staged or not self.complete(ckpt):
+                    continue
+                try:
+                    self._stage(ckpt)
+                except CheckpointDeferred:
+                    continue
+
+
+@dataclass
+class Staged:
+    """A checkpoint's staged copy."""
+
+    directory: str
+    names: list[str]
+    size: int
+    #: The objects it was downloaded from (what says whether it is still theirs).
+    objects: dict[str, Obj]
 
 
 def _sweep(directory: str) -> None:
