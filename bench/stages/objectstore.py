@@ -97,6 +97,7 @@ def _download(work: Path, sizes: Sizes, env: dict[str, str], fs: Any) -> dict[st
         held = source.hold(ckpt)
         staged.append(time.perf_counter() - start)
         held.close()
+        source.done(ckpt)  # its row: the staged copy goes
         with tempfile.TemporaryDirectory(dir=work) as target:
             start = time.perf_counter()
             fs.get([f"bench/big/{n}" for n in names], [os.path.join(target, n) for n in names])
