@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from evaluator.errors import CheckpointDeferred, ConfigError, ModelDirError
+from evaluator.errors import CheckpointDeferred, ConfigError, ModelDirError, StateFileError
 from evaluator.sources import open_source
 from evaluator.sources import remote
 from tests.conftest import DIGITS_TASK, Daemon, cli_env, read_rows, run_cli, sqlite_url, train
@@ -153,6 +153,19 @@ def test_state_file_paths(s3_env: dict[str, str]) -> None:
     state = open_source(f"s3://{bucket}/run", weight_files=False, poll_interval=0.01).listed()
     assert [c.name for c in state.checkpoints] == ["model.ckpt-10", "model.ckpt-20", "model.ckpt-30"]
     assert state.ignored == [f"s3://{bucket}/run/../other/model.ckpt-5", "gs://elsewhere/model.ckpt-7"]
+
+
+def test_an_unreadable_state_file(s3_env: dict[str, str]) -> None:
+    fs = client("s3://x", s3_env)
+    bucket = _bucket(fs, "garbage")
+    fs.pipe_file(f"{bucket}/run/checkpoint", b"model_checkpoint_path: {not a path")
+    source = open_source(f"s3://{bucket}/run", weight_files=False, poll_interval=0.01)
+    for _ in range(2):  # parsed once; the same object gives the same answer
+        with pytest.raises(StateFileError, match=f"cannot parse s3://{bucket}/run/checkpoint"):
+            source.listed()
+    fs.pipe_file(f"{bucket}/run/checkpoint", b'model_checkpoint_path: "model.ckpt-5"\n')
+    source.refresh()
+    assert [c.name for c in source.listed().checkpoints] == ["model.ckpt-5"]
 
 
 def test_unreachable_storage_is_logged_and_listed_again(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,

@@ -219,7 +219,8 @@ class RemoteDirectory:
         self._listings = 0
         self._reachable: bool | None = None
         self._error: str | None = None
-        self._state: tuple[str, State] | None = None
+        #: The state file's tag, and what it said (or why it can't be read).
+        self._state: tuple[str, State | StateFileError] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._over_budget: set[str] = set()
@@ -286,6 +287,8 @@ class RemoteDirectory:
         if obj is None:
             return State()
         if self._state is not None and self._state[0] == obj.tag:
+            if isinstance(self._state[1], StateFileError):
+                raise self._state[1]
             return self._state[1]
         try:
             text = self.fs.cat_file(f"{self._path}/{checkpoints.STATE_FILE}").decode("utf-8")
@@ -297,7 +300,11 @@ class RemoteDirectory:
             raise StateFileError(f"cannot read {self.location}/checkpoint: {first_line(err)}") from None
         listed = checkpoints.parse_plain_state(text)
         if listed is None:
-            listed = self._parse_with_tensorflow(text)
+            try:
+                listed = self._parse_with_tensorflow(text)
+            except StateFileError as err:
+                self._state = (obj.tag, err)  # not read again until it changes
+                raise
         state = self._resolve(listed)
         self._state = (obj.tag, state)
         return state
@@ -415,15 +422,16 @@ class RemoteDirectory:
         def poll() -> None:
             complete: set[str] = set()
             while not self._stop.wait(self.poll_interval):
-                changed = self.refresh()
-                self._stage_wanted()
-                if not changed:
-                    continue
-                now = {c.name for c in self._markers() if self.complete(c)}
-                for name in sorted(now - complete):
-                    on_written(self._checkpoint(name))
-                complete = now
-                on_change()
+                try:
+                    if self.refresh():
+                        now = {c.name for c in self._markers() if self.complete(c)}
+                        for name in sorted(now - complete):
+                            on_written(self._checkpoint(name))
+                        complete = now
+                        on_change()
+                    self._stage_wanted()  # after the loop heard of the change: a download takes a while
+                except Exception as err:  # noqa: BLE001 - the thread must go on listing
+                    self.log.warning("listing the model directory failed; will try again", error=first_line(err))
 
         self._listing()
         self._thread = threading.Thread(target=poll, name=f"list {self.location}", daemon=True)
