@@ -315,4 +315,7 @@ def test_clear_errors(s3: dict[str, str], tmp_path: Path) -> None:
                           env={**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"})
     assert unreachable.returncode == 75 and "cannot reach s3://b/run" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
+    done_file = run_cli("watch", "s3://b/run", "--task", DIGITS_TASK, "--db", sqlite_url(db), "--done-file", "DONE",
+                        env=env)
+    assert done_file.returncode == 2 and "--done-file is for a local model directory" in done_file.stderr
     assert not db.exists()
