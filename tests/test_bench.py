@@ -22,11 +22,11 @@ def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
     figures_path, table_path = tmp_path / "results.json", tmp_path / "results.md"
     result = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--json", str(figures_path),
                              "--markdown", str(table_path)], cwd=ROOT, capture_output=True, text=True,
-                            env=cli_env(), timeout=600)
+                            env=cli_env(), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(figures_path.read_text())
     assert {"machine", "latency", "idle", "cost", "memory", "report", "throughput", "poll", "keras", "metrics", "pool",
-            "nocode", "objectstore"} <= set(figures)
+            "nocode", "catchup", "pins", "objectstore"} <= set(figures)
 
     latency = figures["latency"]
     assert latency["evaluator_evaluated"] == latency["checkpoints"]  # every checkpoint, each once
@@ -47,6 +47,11 @@ def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
     pool = figures["pool"]
     assert set(pool["claim_ms"]) == {"sqlite", "postgresql"} and all(v > 0 for v in pool["claim_ms"].values())
     assert set(pool["per_minute"]) == {"1", "2"} and pool["speedup"] > 0
+    assert set(pool["deciding"]) == {"sqlite", "postgresql"}  # claim, row and the best's decision, 1 and 3 workers
+    assert all(set(by) == {"1", "3"} and by["3"]["decision_ms"] > 0 for by in pool["deciding"].values())
+    pins = figures["pins"]
+    assert all(cost["link_ms"] > 0 for cost in pins["costs"].values())
+    assert pins["trainers"]["this"]["watched first"] == {"ok": pins["saves"]}  # every save, pinned on sight
     assert figures["nocode"]["same_accuracy"] is True and figures["nocode"]["ratio"] > 0  # --meta-graph = --task
     store = figures["objectstore"]
     assert store["ok"] == store["checkpoints"] == 2 and store["upload_to_start_max_s"] > 0
@@ -59,6 +64,7 @@ def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
     for measure in ("1. detection latency", "2. restore + evaluate", "3. RSS", "4. idle CPU", "5. `evaluator report",
                     "6. throughput", "7. a fast trainer", "8. TF2: restore", "9. 5 metrics on 2 validation sets", "10. the claim per checkpoint",
                     "10. workers sharing PostgreSQL",
-                    "12. no code: restore + evaluate one checkpoint with --meta-graph"):
+                    "12. no code: restore + evaluate one checkpoint with --meta-graph", "11. catch-up",
+                    "13. pinning a checkpoint", "13. a trainer saving every step"):
         assert measure in table
     assert table in result.stdout
