@@ -16,7 +16,7 @@ import pytest
 from evaluator.errors import CheckpointDeferred, ConfigError, ModelDirError, StateFileError
 from evaluator.sources import open_source
 from evaluator.sources import remote
-from tests.conftest import DIGITS_TASK, Daemon, cli_env, read_rows, run_cli, sqlite_url, train
+from tests.conftest import DIGITS_TASK, Daemon, cli_env, read_rows, run_cli, slow_task, sqlite_url, wait_for
 from tests.objectstore import client, gcs_server, s3_server, sync_upload
 
 NAMES = ["model.ckpt-20", "model.ckpt-40", "model.ckpt-60"]
@@ -247,6 +247,41 @@ def _wait_rows(daemon: Daemon, db: Path, url: str, count: int, timeout: float = 
             return rows
         time.sleep(0.2)
     raise AssertionError(f"{count} rows for {url}:\n{daemon.log_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_a_staged_checkpoint_outlives_trainings_deletion(s3: dict[str, str], trained_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """The objects of checkpoints waiting behind a slow evaluation are deleted (max_to_keep=1):
+    their staged copies are evaluated, each `ok` with the local copy's accuracy."""
+    fs = client("s3://x", s3)
+    bucket = _bucket(fs, "rotate")
+    url, db = f"s3://{bucket}/run", tmp_path / "e.db"
+    env = cli_env(**s3, XDG_CACHE_HOME=str(tmp_path / "cache"), XDG_DATA_HOME=str(tmp_path / "data"))
+    task = slow_task(tmp_path, 0.3, batches=10)  # about 3 s an evaluation
+    daemon = Daemon(url, db, "--poll-interval", "0.2", "--keep-best", "0", task=task, env=env).start()  # type: ignore[arg-type]
+    staging = tmp_path / "cache" / "evaluator" / "staging" / f"s3_{bucket}_run"
+    try:
+        daemon.wait_ready()
+        sync_upload(fs, trained_dir, f"{bucket}/run", NAMES, pause=0)
+        wait_for(lambda: {d.split(".")[1] for d in os.listdir(staging)} >= {"ckpt-40", "ckpt-60"}
+                 if staging.exists() else False, timeout=60, message="ckpt-40 and ckpt-60 staged")
+        assert _rows(db, url) == []  # still on the first
+        fs.rm([f"{bucket}/run/{p.name}" for p in trained_dir.glob("model.ckpt-[24]0.*")
+               if fs.exists(f"{bucket}/run/{p.name}")])
+        fs.pipe_file(f"{bucket}/run/checkpoint", b'model_checkpoint_path: "model.ckpt-60"\n')
+        rows = _wait_rows(daemon, db, url, len(NAMES))
+    finally:
+        assert daemon.stop() == 0
+    assert sorted((r["checkpoint"], r["status"]) for r in rows) == [(n, "ok") for n in NAMES]
+    local = tmp_path / "local-slow.db"
+    copy = tmp_path / "local"
+    shutil.copytree(trained_dir, copy)
+    result = run_cli("watch", str(copy), "--task", task, "--db", sqlite_url(local), "--once", "--keep-best", "0",
+                     "--no-summaries")
+    assert result.returncode == 0, result.stderr
+    assert {r["checkpoint"]: r["accuracy"] for r in rows} == {r["checkpoint"]: r["accuracy"] for r in read_rows(local)}
+    assert os.listdir(staging) == []
 
 
 @pytest.mark.slow
