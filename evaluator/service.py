@@ -354,8 +354,10 @@ class Service:
         self.notifier.stopping()
         for watcher in self._root_watchers.values():
             watcher.stop()
-        for source in self._early_sources.values():
+        for source in self._early_sources.values():  # pinned, but no run took them: the start failed
             source.stop()
+            if source.pins is not None:  # type: ignore[attr-defined]
+                source.pins.release_made()  # type: ignore[attr-defined]
         for run in self.runs.values():
             run.stop()
         if self.heartbeat is not None:

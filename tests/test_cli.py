@@ -123,6 +123,7 @@ def test_watch_bad_inputs_write_nothing(tmp_path: Path, trained_dir: Path, db: P
     for args, fragment in cases:
         one_line_error(run_cli(*args), fragment)
     assert not db.exists()  # a configuration error writes nothing, not even an empty database
+    assert not (trained_dir / ".evaluator").exists()  # nor pins: those made before the error are let go
 
 
 def test_gpu_requested_on_a_machine_without_one(trained_dir: Path, db: Path) -> None:

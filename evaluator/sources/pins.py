@@ -62,6 +62,8 @@ class Pins:
         self._lock = threading.Lock()
         #: The copies pinned (files a link could not be made for): path -> bytes.
         self._copies: dict[str, int] = {}
+        #: The checkpoints this process pinned (what a start that fails lets go of: `release_made`).
+        self.made: dict[str, Checkpoint] = {}
         self._said_budget = False
         self._said_unwritable = False
         self.enabled = True
@@ -115,6 +117,7 @@ class Pins:
                 self._unpin(ckpt)
                 return False
         self._copies.update(copies)
+        self.made[ckpt.name] = ckpt
         return True
 
     def _over_budget(self, ckpt: Checkpoint) -> None:
@@ -170,8 +173,21 @@ class Pins:
         with self._lock:
             self._unpin(ckpt)
 
+    def release_made(self) -> None:
+        """Let go of what this process pinned (a start that failed: bad input leaves nothing behind);
+        pins an earlier process left stay for the next start."""
+        with self._lock:
+            for ckpt in list(self.made.values()):
+                self._unpin(ckpt)
+            for directory in (self.root, os.path.dirname(self.root), os.path.join(self.model_dir, OWN_DIR)):
+                try:
+                    os.rmdir(directory)  # only if empty: nothing of ours left behind
+                except OSError:
+                    break
+
     def _unpin(self, ckpt: Checkpoint) -> None:
         """The index first (a pin without it is not whole), then the rest."""
+        self.made.pop(ckpt.name, None)
         files = sorted(checkpoints.files(self.path(ckpt)), key=lambda path: not path.endswith(checkpoints.INDEX_SUFFIX))
         for path in files:
             _remove(path)
