@@ -53,7 +53,7 @@ def _bucket(fs: Any, name: str) -> str:
 def test_urls() -> None:
     assert remote.is_remote("s3://b/p") and remote.is_remote("gs://b") and not remote.is_remote("/data/s3:")
     assert remote.normalize("s3://b/runs//a/") == "s3://b/runs/a"
-    assert remote.normalize("gs://b/") == "gs://b"
+    assert remote.normalize("gs://b/") == "gs://b" and remote.normalize("gcs://b/x") == "gs://b/x"
     with pytest.raises(ConfigError):
         remote.normalize("s3:///nobucket")
 

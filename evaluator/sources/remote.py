@@ -57,12 +57,13 @@ def is_remote(location: str) -> bool:
 
 
 def normalize(url: str) -> str:
-    """The URL as rows key it: `s3://bucket/prefix`, without a trailing slash."""
+    """The URL as rows key it: `s3://bucket/prefix`, without a trailing slash (`gcs://` as `gs://`)."""
     match = _URL.match(url)
     if match is None or not match.group(2):
         raise ConfigError(f"{url}: an object-storage location is s3://BUCKET[/PREFIX] or gs://BUCKET[/PREFIX]")
     prefix = "/".join(part for part in (match.group(3) or "").split("/") if part)
-    return f"{match.group(1)}://{match.group(2)}" + (f"/{prefix}" if prefix else "")
+    scheme = "gs" if match.group(1) == "gcs" else match.group(1)  # one run, one key
+    return f"{scheme}://{match.group(2)}" + (f"/{prefix}" if prefix else "")
 
 
 def _split(url: str) -> tuple[str, str]:
