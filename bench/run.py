@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.common import ROOT, TARGETS, Row
-from bench.stages import catchup, cost, keras, latency, memory, metrics, nocode, pins, poll, pool, report, throughput
+from bench.stages import catchup, cost, keras, latency, memory, metrics, nocode, objectstore, pins, poll, pool, report, throughput
 
 OUT = ROOT / "bench" / "out"
 #: What `measure` runs for each stage chosen, in this order; `latency` and `idle` are one run.
@@ -48,13 +48,14 @@ MEASURES: dict[tuple[str, ...], tuple[str, Callable[[Path, Any], dict[str, Any]]
     ("catchup",): ("catchup", catchup.measure),
     ("nocode",): ("nocode", nocode.measure),
     ("pins",): ("pins", pins.measure),
+    ("objectstore",): ("objectstore", objectstore.measure),
 }
 STAGES = tuple(stage for stages in MEASURES for stage in stages)
 #: The table's rows, in this order (each stage's rows when its figures are there).
 TABLE: tuple[Callable[[dict[str, Any]], list[Row]], ...] = (
     latency.latency_rows, cost.table_rows, memory.table_rows, latency.idle_rows, report.table_rows,
     throughput.table_rows, keras.table_rows, metrics.table_rows, pool.table_rows, poll.table_rows,
-    catchup.table_rows, nocode.table_rows, pins.table_rows,
+    catchup.table_rows, nocode.table_rows, pins.table_rows, objectstore.table_rows,
 )
 
 
@@ -97,6 +98,11 @@ class Sizes:
     pins_costs: int = 200
     pins_saves: int = 200
     pins_together: int = 30
+    #: A model directory on S3 (moto on loopback): checkpoints uploaded one at a time, a checkpoint
+    #: of this many MiB downloaded, a prefix of this many objects listed.
+    objectstore_checkpoints: int = 5
+    objectstore_mb: int = 64
+    objectstore_objects: int = 1000
 
 
 SMOKE = Sizes(latency_checkpoints=3, latency_spacing=0.3, baseline_interval=0.5, classic_checkpoints=2,
@@ -105,7 +111,8 @@ SMOKE = Sizes(latency_checkpoints=3, latency_spacing=0.3, baseline_interval=0.5,
               report_rows=2000, report_small_rows=200, report_repeats=1, report_previous_repeats=1,
               report_stream_rows=2000, throughput_checkpoints=15, poll_checkpoints=20,
               poll_intervals=(1.0,), pool_claims=20, pool_checkpoints=4,
-              catchup_small=30, catchup_big=3, pins_costs=5, pins_saves=10, pins_together=5)
+              catchup_small=30, catchup_big=3, pins_costs=5, pins_saves=10, pins_together=5,
+              objectstore_checkpoints=2, objectstore_mb=4, objectstore_objects=100)
 
 
 # -- the machine and the output --------------------------------------------------------------

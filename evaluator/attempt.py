@@ -23,6 +23,7 @@ from evaluator.claims import Heartbeat, died_here
 from evaluator.ending import Ending
 from evaluator.errors import (
     Abandoned,
+    CheckpointDeferred,
     CheckpointError,
     CheckpointIncomplete,
     CheckpointMissing,
@@ -95,8 +96,17 @@ class Attempts:
         """Claim, evaluate, record and act on some due checkpoints of one run (one claim and one
         record transaction for all of them); returns how many rows were written and whether to stop
         this pass (shutdown, a fault's backoff, the database refusing writes)."""
-        held = {p.checkpoint.name: run.source.hold(p.checkpoint) for p in batch}
+        held: dict[str, Held] = {}
         try:
+            for pending in list(batch):
+                try:
+                    held[pending.checkpoint.name] = run.source.hold(pending.checkpoint)
+                except CheckpointDeferred as err:  # no local copy now (staging's budget): it waits
+                    run.log.debug("checkpoint deferred", checkpoint=pending.checkpoint.name, error=str(err))
+                    run.backlog.defer(pending, err.retry_in)
+                    batch.remove(pending)
+            if not batch:
+                return 0, False
             claimed = self._claim(run, batch)
             if claimed is None:
                 return 0, True

@@ -263,6 +263,11 @@ def _read_plain_state(path: str) -> list[str] | None:
             text = handle.read().decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
+    return parse_plain_state(text)
+
+
+def parse_plain_state(text: str) -> list[str] | None:
+    """`_read_plain_state` of a state file's text (a remote one's, downloaded)."""
     newest: list[str] = []
     listed: list[str] = []
     for line in text.splitlines():

@@ -81,6 +81,19 @@ class DatabaseAway(StoreWriteError):
     """The database server is out of reach for now (a read or a write): retried, like a failed write."""
 
 
+class SourceUnavailable(TemporaryError):
+    """Object storage can't be reached (the endpoint, the credentials); a restart may succeed."""
+
+
+class CheckpointDeferred(EvaluatorError):
+    """A source can't give a local copy of a checkpoint now (staging past --pin-budget, a download
+    that failed): it stays pending and is tried again after `retry_in` seconds."""
+
+    def __init__(self, message: str, retry_in: float) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
+
+
 class StateFileError(EvaluatorError):
     """The model directory's `checkpoint` state file exists but can't be read or parsed."""
 

@@ -34,6 +34,7 @@ from evaluator.errors import (
     ConfigError,
     DatabaseError,
     ModelDirError,
+    SourceUnavailable,
     StateFileError,
     StoreWriteError,
     TemporaryError,
@@ -41,7 +42,7 @@ from evaluator.errors import (
 from evaluator.notify import Notifier
 from evaluator.options import WatchOptions
 from evaluator.runs import Run
-from evaluator.sources import Source, discover, open_source, watch_root
+from evaluator.sources import Source, discover, is_remote, normalize, open_source, watch_root
 from evaluator.sources.pins import Pins
 from evaluator.shutdown import Shutdown
 from evaluator.store import Store, describe
@@ -61,8 +62,8 @@ class Service:
 
     def __init__(self, options: WatchOptions, notifier: Notifier | None = None) -> None:
         self.options = options
-        self.directories = [checkpoints.normalize_model_dir(d) for d in options.directories]
-        self.roots = [checkpoints.normalize_model_dir(r) for r in options.roots]
+        self.directories = [normalize(d) for d in options.directories]
+        self.roots = [normalize(r) for r in options.roots]
         #: One model directory named, no --root: logs carry it on every line, as they always did.
         self.single = len(self.directories) == 1 and not self.roots
         self.log = log.get(model_dir=self.directories[0]) if self.single else log.get()
@@ -179,6 +180,9 @@ class Service:
             raise ConfigError("--until-step and --done-file end the watch of one model directory; with several "
                               "(or --root), use --idle-timeout")
         for given, directory in [*zip(self.options.directories, self.directories), *zip(self.options.roots, self.roots)]:
+            if is_remote(directory):
+                self._check_remote(directory)
+                continue
             try:
                 directory.encode("utf-8")
             except UnicodeEncodeError:
@@ -190,6 +194,18 @@ class Service:
                 raise ModelDirError(f"{given} is not a directory")
             raise ModelDirError(f"model directory {given} does not exist "
                                 "(pass --wait-for-dir to wait for training to create it)")
+
+    def _check_remote(self, location: str) -> None:
+        """An object-storage location: the extra installed, the bucket there (unless --wait-for-dir),
+        and the options that need a local model directory refused."""
+        from evaluator.sources import remote
+
+        if self.options.done_file:
+            raise ConfigError(f"--done-file is for a local model directory, not {location}: use --until-step "
+                              "or --idle-timeout")
+        if self.options.nocode is not None:
+            raise ConfigError(f"--meta-graph, --savedmodel and --frozen-graph read a local directory, not {location}")
+        remote.check(location, wait=self.options.wait_for_dir)
 
     def _pin_early(self) -> None:
         """Before TensorFlow loads and the model is built (seconds): each model directory watched and
@@ -220,6 +236,9 @@ class Service:
     def _open_source(self, directory: str) -> Source:
         """The run's source: the one watched since before the model was built, or a new one."""
         assert self.model is not None
+        if is_remote(directory):  # pinned by staging its downloads (sources/remote.py)
+            return open_source(directory, weight_files=self.model.reads_weight_files,
+                               poll_interval=self.options.poll_interval, pin_budget=self.options.pin_budget)
         source = self._early_sources.pop(directory, None)
         if source is None or self.model.artifact is not None:
             if source is not None:
@@ -240,6 +259,8 @@ class Service:
         if not self.single:
             run.log.info("serving this model directory", recorded=run.backlog.recorded_count())
         run.actions = build_actions(self.options, directory, self.model, run.log, self.store, several=not self.single)
+        if is_remote(directory):
+            self._say_where_outputs_go(run)
         self._catch_up(run)
         if not self.options.once:
             run.watch(self._wake.set, self._busy)
@@ -247,20 +268,36 @@ class Service:
         self.heartbeat.watching(list(self.runs))
         return run
 
+    def _say_where_outputs_go(self, run: Run) -> None:
+        """A remote model directory's outputs are local: say where (and where its copies are staged)."""
+        from evaluator.actions.setup import export_dir, summary_dir
+
+        several = not self.single
+        staging = getattr(run.source, "staging", None)
+        run.log.info("a remote model directory: its outputs are written locally",
+                     summary_dir=summary_dir(self.options, run.model_dir, several) if self.options.summaries else None,
+                     export_dir=export_dir(self.options, run.model_dir, several) if self.options.keep_best else None,
+                     staging=getattr(run.source, "stage_dir", None),
+                     pin_budget=staging.describe() if staging is not None else None)
+
     def _discover(self) -> None:
         """--root: serve each run that appeared below a root; forget those that are gone."""
         if not self.roots:
             return
         self._watch_roots()
         assert self.model is not None and self.heartbeat is not None
-        found = {d for root in self.roots for d in discover(root, self.options.depth, self.model.reads_weight_files)}
+        try:
+            found = {d for root in self.roots for d in discover(root, self.options.depth, self.model.reads_weight_files)}
+        except SourceUnavailable as err:  # object storage out of reach: the next tick looks again
+            self.log.warning("cannot list a root; will try again", error=str(err), retry_in=self.options.rescan_interval)
+            return
         for directory in sorted(found - set(self.runs)):
             try:
                 self._add_run(directory)
             except StoreWriteError as err:  # the database is away: the next tick tries again
                 self.log.warning("cannot read a new run's rows; will try again", model_dir=directory, error=str(err))
         for directory in sorted(set(self.runs) - found - set(self.directories)):
-            if not os.path.isdir(directory):
+            if is_remote(directory) or not os.path.isdir(directory):
                 self.runs.pop(directory).stop()
                 self.log.info("model directory gone; no longer served", model_dir=directory)
                 self.heartbeat.watching(list(self.runs))

@@ -26,7 +26,7 @@ def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(figures_path.read_text())
     assert {"machine", "latency", "idle", "cost", "memory", "report", "throughput", "poll", "keras", "metrics", "pool",
-            "nocode", "catchup", "pins"} <= set(figures)
+            "nocode", "catchup", "pins", "objectstore"} <= set(figures)
 
     latency = figures["latency"]
     assert latency["evaluator_evaluated"] == latency["checkpoints"]  # every checkpoint, each once
@@ -53,6 +53,9 @@ def test_the_smoke_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert all(cost["link_ms"] > 0 for cost in pins["costs"].values())
     assert pins["trainers"]["this"]["watched first"] == {"ok": pins["saves"]}  # every save, pinned on sight
     assert figures["nocode"]["same_accuracy"] is True and figures["nocode"]["ratio"] > 0  # --meta-graph = --task
+    store = figures["objectstore"]
+    assert store["ok"] == store["checkpoints"] == 2 and store["upload_to_start_max_s"] > 0
+    assert store["staged_mib_s"] > 0 and store["plain_get_mib_s"] > 0 and store["listing_ms"] > 0 and store["plain_ls_ms"] > 0
     assert figures["nocode"]["savedmodel_same_accuracy"] is True and figures["nocode"]["frozen-graph_same_accuracy"] is True
     events = figures["poll"]["events"]
     assert events["rows"] == events["saved"] == 20  # with events, every save gets a row

@@ -13,24 +13,38 @@ from evaluator.options import WatchOptions
 
 
 def summary_dir(options: WatchOptions, model_dir: str, several: bool = False) -> str:
-    """--summary-dir, else MODEL_DIR/eval (Estimator's convention; eval_<name> for a named evaluation).
+    """--summary-dir, else MODEL_DIR/eval (Estimator's convention; eval_<name> for a named evaluation;
+    a remote MODEL_DIR: a local directory of its own).
     With several model directories, a given directory holds one subdirectory per run."""
     if options.summary_dir:
         return _per_run(os.path.abspath(options.summary_dir), model_dir, several)
-    return os.path.join(model_dir, "eval" if options.name == DEFAULT_NAME else f"eval_{options.name}")
+    return os.path.join(_outputs(model_dir), "eval" if options.name == DEFAULT_NAME else f"eval_{options.name}")
 
 
 def export_dir(options: WatchOptions, model_dir: str, several: bool = False) -> str:
-    """--export-dir, else MODEL_DIR/export/best (best_<name> for a named evaluation)."""
+    """--export-dir, else MODEL_DIR/export/best (best_<name> for a named evaluation; a remote
+    MODEL_DIR: a local directory of its own)."""
     if options.export_dir:
         return _per_run(os.path.abspath(options.export_dir), model_dir, several)
-    return os.path.join(model_dir, "export", "best" if options.name == DEFAULT_NAME else f"best_{options.name}")
+    return os.path.join(_outputs(model_dir), "export", "best" if options.name == DEFAULT_NAME else f"best_{options.name}")
+
+
+def _outputs(model_dir: str) -> str:
+    """Where a run's outputs go by default: the model directory, or for one on object storage a
+    local directory of its own (sources/remote.py: $XDG_DATA_HOME/evaluator/runs/<run>)."""
+    from evaluator.sources import is_remote
+
+    if not is_remote(model_dir):
+        return model_dir
+    from evaluator.sources.remote import outputs_dir
+
+    return outputs_dir(model_dir)
 
 
 def _per_run(directory: str, model_dir: str, several: bool) -> str:
     """One run's own place in a directory shared by several: its path, flattened (`/data/a/run1` ->
     `data_a_run1`), so two runs never share one."""
-    return os.path.join(directory, model_dir.strip(os.sep).replace(os.sep, "_")) if several else directory
+    return os.path.join(directory, model_dir.replace("://", "_").strip(os.sep).replace(os.sep, "_")) if several else directory
 
 
 def check_actions(options: WatchOptions, model: Any, model_dirs: list[str], several: bool = False) -> None:

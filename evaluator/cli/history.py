@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from evaluator.checkpoints import normalize_model_dir
+from evaluator.sources import normalize as normalize_model_dir
 from evaluator.cli.options import MAX_LAST, TABLE_ROWS, db_option
 from evaluator.errors import EXIT_NO_ROWS
 from evaluator.report import FORMATS as REPORT_FORMATS

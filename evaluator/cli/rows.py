@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from evaluator.checkpoints import normalize_model_dir
+from evaluator.sources import normalize as normalize_model_dir
 from evaluator.cli.options import db_option, name_option
 from evaluator.evaluation import DEFAULT_NAME, Status
 

@@ -58,7 +58,8 @@ from evaluator.options import DEFAULT_PIN_BUDGET, DEVICES, METRIC_NAMES, ORDERS,
                    "and deletes (max_to_keep) within one interval is never seen and gets no row: prefer "
                    "events where they work.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
-              metavar="SECONDS", help="With --poll: how often to scan the directory.")
+              metavar="SECONDS", help="With --poll: how often to scan the directory; for s3:// and gs:// "
+                                       "model directories (always polled): how often to list their objects.")
 @click.option("--rescan", "rescan_interval", type=click.FloatRange(min=0.1), default=10.0,
               show_default=True, metavar="SECONDS",
               help="Re-read the state file this often even without events (a missed event only delays).")
@@ -161,6 +162,12 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
     --output; with --savedmodel, each numbered SavedModel version of an export directory; with
     --frozen-graph, each frozen .pb file. No task file needed; see the README's "No code" section.
 
+    Object storage: MODEL_DIR (or --root) may be s3://BUCKET/PREFIX or gs://BUCKET/PREFIX
+    (pip install 'evaluator[s3]' or 'evaluator[gcs]'; credentials and endpoints from the cloud's
+    usual environment). Its objects are listed every --poll-interval; each complete checkpoint
+    is downloaded into $XDG_CACHE_HOME/evaluator/staging (within --pin-budget) and evaluated from
+    there; summaries and the best kept go to local directories (the log says where).
+
     Exit status: 0 stopped (or --once done); 2 configuration error (fix it); 3 --once left
     something unevaluated (failed rows, unreadable state file, listed files absent); 75 the
     database or the task's environment failed for now (restart it); 1 a bug.
@@ -173,6 +180,7 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
       evaluator watch ./model_dir --meta-graph --input x-input:0 --output layer2/add:0 --data valid.npz
       evaluator watch ./export --savedmodel --data valid.npz    # 1/, 2/, ... SavedModel versions
       evaluator watch ./frozen --frozen-graph --input x-input:0 --output layer2/add:0 --data valid.npz
+      evaluator watch s3://bucket/runs/a --task mypkg.eval:TASK    # AWS_* from the environment
     """
     from evaluator import log, nocode
     from evaluator.service import Service

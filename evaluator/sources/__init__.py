@@ -4,8 +4,9 @@ of a change, and a local, stable copy of one checkpoint to restore from.
 
 A local directory (`local.py`: inotify or polling, the state file, a scan, hard-to-lose open
 descriptors) is the first source; `artifacts.py` lists exported models (numbered SavedModel
-versions, frozen `.pb` files) as checkpoints. Object storage would be a further source: `open_source`
-picks one, and nothing above this package changes.
+versions, frozen `.pb` files) as checkpoints; `remote.py` a prefix on object storage (s3://, gs://),
+listed every poll interval and staged locally. `open_source` picks one, and nothing above this
+package changes.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class Held:
 class Source(Protocol):
     """The checkpoints of one run (one model directory)."""
 
-    #: The run's location as its rows name it (a local directory: absolute, symlinks resolved).
+    #: The run's location as its rows name it (a local directory: absolute, symlinks resolved; object
+    #: storage: the URL, without a trailing slash).
     location: str
 
     # -- what is there now ------------------------------------------------------------------------
@@ -91,7 +93,8 @@ class Source(Protocol):
     # -- a stable copy ----------------------------------------------------------------------------
 
     def hold(self, ckpt: Checkpoint) -> Held:
-        """A local, stable view of `ckpt` to restore from and keep; the caller closes it."""
+        """A local, stable view of `ckpt` to restore from and keep; the caller closes it. May raise
+        CheckpointDeferred: no copy now (a remote source's staging), it stays pending (`retry_in`)."""
         ...
 
     # -- pins (sources/pins.py) -------------------------------------------------------------------
@@ -109,11 +112,34 @@ class Source(Protocol):
         ...
 
 
+def is_remote(location: str) -> bool:
+    """Whether a location is on object storage (s3://, gs://) rather than a local path."""
+    from evaluator.sources.remote import is_remote as remote
+
+    return remote(location)
+
+
+def normalize(location: str) -> str:
+    """A location as its rows name it: a URL without a trailing slash, or an absolute local path."""
+    if is_remote(location):
+        from evaluator.sources.remote import normalize as normalize_url
+
+        return normalize_url(location)
+    from evaluator.checkpoints import normalize_model_dir
+
+    return normalize_model_dir(location)
+
+
 def open_source(location: str, *, weight_files: bool, poll: bool = False, poll_interval: float = 1.0,
-                artifact: str | None = None, pins: Any = None) -> Source:
+                artifact: str | None = None, pins: Any = None, pin_budget: int | str = "10%") -> Source:
     """The source for a run's location: a local directory of checkpoints (pinned in `pins`, a
     sources.pins.Pins, when given), or of exported models (`artifact`: "savedmodel" versions,
-    "frozen-graph" files; sources/artifacts.py)."""
+    "frozen-graph" files; sources/artifacts.py), or a prefix on object storage (sources/remote.py:
+    its pins are staged downloads, within `pin_budget`)."""
+    if is_remote(location):
+        from evaluator.sources.remote import RemoteDirectory
+
+        return RemoteDirectory(location, weight_files=weight_files, poll_interval=poll_interval, pin_budget=pin_budget)
     if artifact is not None:
         from evaluator.sources.artifacts import ArtifactDirectory
 
@@ -126,6 +152,8 @@ def open_source(location: str, *, weight_files: bool, poll: bool = False, poll_i
 def watch_root(root: str, on_change: Callable[[], None], *, weight_files: bool) -> Any:
     """Start watching `root` for new runs (`on_change` from another thread); the watcher (with stop()),
     or None when it cannot be watched now (not there yet)."""
+    if is_remote(root):
+        return None  # listed at each --rescan tick
     from evaluator.sources.local import RootWatcher
 
     watcher = RootWatcher(root, on_change, weight_files=weight_files)
@@ -133,7 +161,12 @@ def watch_root(root: str, on_change: Callable[[], None], *, weight_files: bool) 
 
 
 def discover(root: str, depth: int, weight_files: bool) -> list[str]:
-    """The runs below `root` (`--root`): the locations that hold checkpoints."""
+    """The runs below `root` (`--root`): the locations that hold checkpoints (SourceUnavailable when
+    a remote root can't be listed now)."""
+    if is_remote(root):
+        from evaluator.sources.remote import discover as discover_remote
+
+        return discover_remote(root, depth, weight_files)
     from evaluator.sources.local import discover as discover_local
 
     return discover_local(root, depth, weight_files)
