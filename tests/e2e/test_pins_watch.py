@@ -42,7 +42,7 @@ def test_started_together_with_training_nothing_is_lost(tmp_path: Path, db: Path
     are in place before TensorFlow loads, so what training saves and rotates meanwhile is kept."""
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    trainer = start_trainer(model_dir, "--steps", "30", "--save-every", "1", "--max-to-keep", "2")
+    trainer = start_trainer(model_dir, "--steps", "30", "--save-every", "1", "--max-to-keep", "2", "--delay", "0.03")
     daemon = Daemon(model_dir, db).start()
     daemons.append(daemon)
     assert len(saved_by(trainer, timeout=180)) == 30
@@ -58,7 +58,7 @@ def test_a_restart_evaluates_what_was_pinned_before_it(tmp_path: Path, db: Path,
     first = Daemon(model_dir, db, task=task).start()
     daemons.append(first)
     first.wait_ready()
-    trainer = start_trainer(model_dir, "--steps", "20", "--save-every", "1", "--max-to-keep", "2")
+    trainer = start_trainer(model_dir, "--steps", "20", "--save-every", "1", "--max-to-keep", "2", "--delay", "0.03")
     assert len(saved_by(trainer, timeout=180)) == 20
     wait_for(lambda: read_rows(db), timeout=60, message="a first row")
     first.stop(signal.SIGKILL)  # a crash: what it had pinned stays pinned
