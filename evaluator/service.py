@@ -264,6 +264,7 @@ class Service:
         self._catch_up(run)
         if not self.options.once:
             run.watch(self._wake.set, self._busy)
+            run.adopt_pins()  # what the early watcher pinned since the rows were read, before the run heard of it
         self.runs[directory] = run
         self.heartbeat.watching(list(self.runs))
         return run
