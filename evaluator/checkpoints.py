@@ -196,7 +196,7 @@ def scan(model_dir: str, families: set[str], weight_files: bool = False) -> list
     except OSError:
         return []
     for entry in entries:
-        if not _is_text(entry.name):
+        if not is_text(entry.name):
             continue
         if weight_files and is_weight_file(entry.name) and not entry.name.startswith("."):
             ckpt = _at(root, entry.name)
@@ -206,10 +206,15 @@ def scan(model_dir: str, families: set[str], weight_files: bool = False) -> list
             ckpt = _at(root, entry.name[: -len(INDEX_SUFFIX)])
             if ckpt is not None and family(ckpt.name) in families:
                 found.append(ckpt)
-    return sorted(found, key=lambda c: (c.name_step is None, c.name_step or 0, c.name))
+    return sorted(found, key=by_step)
 
 
-def _is_text(name: str) -> bool:
+def by_step(ckpt: Checkpoint) -> tuple[bool, int, str]:
+    """Sort key: oldest step first, checkpoints without a step last, then by name."""
+    return ckpt.name_step is None, ckpt.name_step or 0, ckpt.name
+
+
+def is_text(name: str) -> bool:
     """Whether a file name is valid UTF-8 (os gives undecodable bytes as surrogates): it can be a key."""
     try:
         name.encode("utf-8")
@@ -314,9 +319,9 @@ def _relative_name(root: str, raw: str) -> str | None:
     if raw.startswith(root + os.sep):  # the directory's own absolute path, as a v1 Saver writes it
         rest = raw[len(root) + 1:]
         if os.sep not in rest and rest not in ("", ".", "..") and not os.path.islink(raw):
-            return rest if _is_text(rest) else None
+            return rest if is_text(rest) else None
     if os.sep not in raw and raw not in ("", ".", "..") and not os.path.islink(os.path.join(root, raw)):
-        return raw if _is_text(raw) else None  # a plain name in the directory (thousands at a scan)
+        return raw if is_text(raw) else None  # a plain name in the directory (thousands at a scan)
     try:
         resolved = os.path.realpath(os.path.join(root, raw))
         inside = os.path.commonpath([root, resolved]) == root
@@ -325,5 +330,5 @@ def _relative_name(root: str, raw: str) -> str | None:
     if not inside or resolved == root:
         return None
     name = os.path.relpath(resolved, root)
-    return name if _is_text(name) else None
+    return name if is_text(name) else None
 

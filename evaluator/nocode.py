@@ -210,7 +210,7 @@ def first_meta(model_dir: str) -> str | None:
     found = [c for c in (checkpoints.at(model_dir, n) for n in names) if c is not None and checkpoints.exists(c.path)]
     if not found:
         return None
-    first = min(found, key=lambda c: (c.name_step is None, c.name_step or 0, c.name))
+    first = min(found, key=checkpoints.by_step)
     return first.path + ".meta"
 
 

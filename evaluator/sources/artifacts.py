@@ -55,7 +55,7 @@ def listing(location: str, kind: str) -> list[Checkpoint]:
         return []
     found = []
     for entry in entries:
-        if entry.name.startswith(".") or not _is_text(entry.name):
+        if entry.name.startswith(".") or not checkpoints.is_text(entry.name):
             continue
         if kind == SAVEDMODEL and version(entry.name) is not None and entry.is_dir() and is_savedmodel(entry.path):
             found.append(Checkpoint(name=entry.name, path=entry.path, name_step=version(entry.name)))
@@ -63,15 +63,7 @@ def listing(location: str, kind: str) -> list[Checkpoint]:
             match = _LAST_NUMBER.search(entry.name[: -len(".pb")])
             step = version(match.group(1)) if match else None
             found.append(Checkpoint(name=entry.name, path=entry.path, name_step=step))
-    return sorted(found, key=lambda c: (c.name_step is None, c.name_step or 0, c.name))
-
-
-def _is_text(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return sorted(found, key=checkpoints.by_step)
 
 
 def _marker_files(ckpt: Checkpoint) -> list[str]:

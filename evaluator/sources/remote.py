@@ -372,7 +372,7 @@ class RemoteDirectory:
                 prefix = name[: -len(checkpoints.INDEX_SUFFIX)]
                 if checkpoints.family(prefix) in families:
                     found.append(self._checkpoint(prefix))
-        return sorted(found, key=lambda c: (c.name_step is None, c.name_step or 0, c.name))
+        return sorted(found, key=checkpoints.by_step)
 
     def _files(self, name: str, listing: dict[str, Obj]) -> list[str] | None:
         """The objects of checkpoint `name` when its index and every shard are there, else None."""
@@ -546,7 +546,7 @@ class RemoteDirectory:
         """From the listing thread: stage what is wanted and has just become complete."""
         with self._pin_lock:
             wanted = [self._checkpoint(name) for name in self._wanted if name not in self._staged]
-        for ckpt in sorted(wanted, key=lambda c: (c.name_step is None, c.name_step or 0, c.name)):
+        for ckpt in sorted(wanted, key=checkpoints.by_step):
             if self._stop.is_set():
                 return
             with self._pin_lock:

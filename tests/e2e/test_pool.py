@@ -88,6 +88,23 @@ def own_server() -> Iterator[Any]:
     yield from pg.start_server()
 
 
+def away(server: Any, seconds: float) -> None:
+    """The PostgreSQL server stopped for `seconds`, then started again and accepting."""
+    server.stop("fast")
+    time.sleep(seconds)
+    server.start()
+    pg.wait_accepting(server)
+
+
+def rows_for_every_save(url: str, runs: list[Path], trainers: list[Any], *, saving: float,
+                        evaluating: float) -> dict[str, list[str]]:
+    """Once the trainers are done, wait for a row of every checkpoint they saved; model_dir -> names."""
+    saved = {str(run.resolve()): saved_by(trainer, timeout=saving) for run, trainer in zip(runs, trainers)}
+    expected = sum(len(names) for names in saved.values())
+    wait_for(lambda: len(read_rows(url)) >= expected, timeout=evaluating, message=f"{expected} rows")
+    return saved
+
+
 def test_the_server_away_for_20_seconds_mid_run(tmp_path: Path, own_server: Any, daemons: list[Daemon]) -> None:
     """The workers wait, reconnect and finish: nothing lost, nothing doubled."""
     url = own_server.create_database()
@@ -101,20 +118,15 @@ def test_the_server_away_for_20_seconds_mid_run(tmp_path: Path, own_server: Any,
     trainers = [start_trainer(run, "--steps", "400", "--save-every", "20", "--max-to-keep", "50", "--delay", "0.3")
                 for run in runs]
     wait_for(lambda: len(read_rows(url)) >= 4, timeout=120, message="rows before the outage")
-    own_server.stop("fast")
-    time.sleep(20)
-    own_server.start()
-    pg.wait_accepting(own_server)
-    saved = {str(run.resolve()): saved_by(trainer, timeout=180) for run, trainer in zip(runs, trainers)}
-    expected = sum(len(names) for names in saved.values())
-    wait_for(lambda: len(read_rows(url)) >= expected, timeout=240, message=f"{expected} rows after the outage")
+    away(own_server, 20)
+    saved = rows_for_every_save(url, runs, trainers, saving=180, evaluating=240)
     time.sleep(2)
     for worker in workers:
         assert worker.process is not None and worker.process.poll() is None  # never crashed
         assert worker.stop() == 0
     rows = read_rows(url)
     keys = [(r["model_dir"], r["checkpoint"]) for r in rows]
-    assert len(keys) == len(set(keys)) == expected
+    assert len(keys) == len(set(keys)) == sum(len(names) for names in saved.values())
     assert sorted(keys) == sorted((d, name) for d, names in saved.items() for name in names)
     waited = [e for w in workers for e in w.events() if "will retry" in e["event"] or "will try again" in e["event"]]
     assert waited  # they did notice the outage
@@ -248,13 +260,8 @@ def test_a_pool_through_skew_kill_and_a_server_restart_is_one_system(tmp_path: P
     daemons.append(again.start())
     workers.append(again)
     wait_for(lambda: len(read_rows(url)) >= 8, timeout=180, message="rows before the restart")
-    own_server.stop("fast")
-    time.sleep(4)
-    own_server.start()
-    pg.wait_accepting(own_server)
-    saved = {str(run.resolve()): saved_by(trainer, timeout=240) for run, trainer in zip(runs, trainers)}
-    expected = sum(len(names) for names in saved.values())
-    wait_for(lambda: len(read_rows(url)) >= expected, timeout=300, message=f"{expected} rows")
+    away(own_server, 4)
+    saved = rows_for_every_save(url, runs, trainers, saving=240, evaluating=300)
     time.sleep(3)  # a late duplicate, a last export or point, would land now
     for worker in (normal, ahead, again):
         assert worker.process is not None and worker.process.poll() is None  # never crashed
