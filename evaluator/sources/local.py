@@ -84,7 +84,7 @@ class LocalDirectory:
 
         def written(prefix: str) -> None:
             ckpt = checkpoints.at(self.location, prefix)
-            if ckpt is not None and (self.weight_files or not ckpt.is_weight_file):
+            if ckpt is not None and self._reads(ckpt):
                 self.pin(ckpt)
                 self._on_written(ckpt)
 
@@ -114,9 +114,7 @@ class LocalDirectory:
     # -- pins -------------------------------------------------------------------------------------
 
     def pin(self, ckpt: Checkpoint) -> bool:
-        if self.pins is None or (ckpt.is_weight_file and not self.weight_files):
-            return False
-        return self.pins.pin(ckpt)
+        return self.pins is not None and self._reads(ckpt) and self.pins.pin(ckpt)
 
     def done(self, ckpt: Checkpoint) -> None:
         if self.pins is not None:
@@ -129,14 +127,18 @@ class LocalDirectory:
         if self.pins is not None and not weight_files:
             for name in self.pins.pinned():
                 ckpt = checkpoints.at(self.location, name)
-                if ckpt is not None and ckpt.is_weight_file:
+                if ckpt is not None and not self._reads(ckpt):
                     self.pins.release(ckpt)
 
     def pinned(self) -> list[Checkpoint]:
         if self.pins is None:
             return []
         found = [checkpoints.at(self.location, name) for name in self.pins.pinned()]
-        return [ckpt for ckpt in found if ckpt is not None and (self.weight_files or not ckpt.is_weight_file)]
+        return [ckpt for ckpt in found if ckpt is not None and self._reads(ckpt)]
+
+    def _reads(self, ckpt: Checkpoint) -> bool:
+        """Whether `ckpt` is a checkpoint of this model's kind (a weight file only for TF2 tasks)."""
+        return self.weight_files or not ckpt.is_weight_file
 
     def _pinned_path(self, ckpt: Checkpoint) -> str | None:
         return self.pins.held_path(ckpt) if self.pins is not None else None
