@@ -1,7 +1,7 @@
 """End to end, as a user runs it: a real trainer process, a real `evaluator watch` process, the CLI.
 
 Each test starts TensorFlow in a subprocess (several seconds), so they are marked slow. A trainer
-faster than evaluation (`missing` rows) is scenario 2a of the fault suite, tests/faults/.
+faster than evaluation, deleting with max_to_keep, is scenario 2a of the fault suite, tests/faults/.
 """
 
 from __future__ import annotations

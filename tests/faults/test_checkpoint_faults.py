@@ -28,7 +28,11 @@ pytestmark = pytest.mark.slow
 
 def test_fast_trainer_with_max_to_keep_2(tmp_path: Path, db: Path, daemons: list[Daemon],
                                          record_property: Callable[[str, object], None]) -> None:
-    """Scenario 2a: a trainer faster than evaluation, with max_to_keep=2"""
+    """Scenario 2a: a trainer faster than evaluation, with max_to_keep=2.
+
+    Checkpoints are pinned on sight (tests/e2e/test_pins_watch.py holds the 200-of-200 target), so most
+    or all are `ok`; one the trainer deletes before the watch sees it is `missing`. Either way one row
+    each, never `failed`, and the newest `ok`."""
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     daemon = Daemon(model_dir, db, task=slow_task(tmp_path, seconds_per_batch=0.05, batches=6)).start()
@@ -39,7 +43,7 @@ def test_fast_trainer_with_max_to_keep_2(tmp_path: Path, db: Path, daemons: list
     counts = Counter(r["checkpoint"] for r in rows)
     assert set(counts) == set(saved) and set(counts.values()) == {1}
     statuses = Counter(r["status"] for r in rows)
-    assert statuses["failed"] == 0 and statuses["missing"] > 0
+    assert set(statuses) <= {"ok", "missing"} and statuses["ok"] > 0
     assert {r["checkpoint"]: r["status"] for r in rows}[saved[-1]] == "ok"
     assert daemon.stop() == 0
     record_property("detail", f"{len(saved)} saved -> {statuses['ok']} ok, {statuses['missing']} missing, "
