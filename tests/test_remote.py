@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -98,6 +100,45 @@ def test_complete_only_when_every_shard_is_there_and_stable(s3_env: dict[str, st
     source.hold(ckpt).close()
     source.done(ckpt)
     assert not staged.exists() and source.staging.used == 0 and not source.complete(ckpt)
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def test_a_staged_copy_is_adopted_after_a_crash(s3_env: dict[str, str], trained_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole staged copy left by a process that is gone is the pin of the next one, even after
+    training deleted its objects; a download cut short is removed; a live process's copy is left."""
+    fs = client("s3://x", s3_env)
+    bucket = _bucket(fs, "adopt")
+    for name in ["checkpoint", *(p.name for p in trained_dir.glob("model.ckpt-*"))]:
+        fs.put_file(str(trained_dir / name), f"{bucket}/run/{name}")
+    first = open_source(f"s3://{bucket}/run", weight_files=False, poll_interval=0.05)
+    ckpt = first.listed().checkpoints[0]
+    etag = first.fingerprint(ckpt)
+    staged = Path(first.hold(ckpt).close() or first._staged[ckpt.name].directory)
+    size = first.staging.used
+    dead = _dead_pid()
+    crashed = staged.rename(staged.with_name(f"{staged.name.rsplit('.', 1)[0]}.{dead}"))  # killed -9
+    partial = Path(remote.tempfile.mkdtemp(prefix="model.ckpt-40.", suffix=f".{dead}", dir=first.stage_dir))
+    (partial / "model.ckpt-40.index").write_bytes(b"cut short")  # no manifest: the download never ended
+    live = Path(remote.tempfile.mkdtemp(prefix="model.ckpt-60.", suffix=f".{os.getppid()}", dir=first.stage_dir))
+    fs.rm([f"{bucket}/run/{p.name}" for p in trained_dir.glob("model.ckpt-20.*")])  # max_to_keep, meanwhile
+    monkeypatch.setattr(remote, "_stagings", {})  # a new process
+    second = open_source(f"s3://{bucket}/run", weight_files=False, poll_interval=0.05)
+    assert [c.name for c in second.pinned()] == ["model.ckpt-20"] and second.staging.used == size
+    assert not crashed.exists() and not partial.exists() and live.exists()
+    assert second.complete(ckpt) and second.fingerprint(ckpt) == etag
+    held = second.hold(ckpt)
+    assert Path(held.path).parent.name.endswith(f".{os.getpid()}")
+    assert {n: h.read() for n, h in held.files.items()} == {
+        p.name: p.read_bytes() for p in trained_dir.glob("model.ckpt-20.*")}
+    held.close()
+    second.done(ckpt)
+    assert second.pinned() == [] and second.staging.used == 0 and os.listdir(second.stage_dir) == [live.name]
 
 
 def test_past_the_budget_a_checkpoint_waits(s3_env: dict[str, str], trained_dir: Path,
@@ -281,6 +322,45 @@ def test_a_staged_checkpoint_outlives_trainings_deletion(s3: dict[str, str], tra
                      "--no-summaries")
     assert result.returncode == 0, result.stderr
     assert {r["checkpoint"]: r["accuracy"] for r in rows} == {r["checkpoint"]: r["accuracy"] for r in read_rows(local)}
+    assert os.listdir(staging) == []
+
+
+@pytest.mark.slow
+def test_staged_checkpoints_outlive_a_crash(s3: dict[str, str], trained_dir: Path, tmp_path: Path) -> None:
+    """The evaluator is killed (-9) with checkpoints staged but not recorded; training deletes their
+    objects meanwhile. The next start adopts the staged copies: every checkpoint one `ok` row."""
+    fs = client("s3://x", s3)
+    bucket = _bucket(fs, "crash")
+    url, db = f"s3://{bucket}/run", tmp_path / "e.db"
+    env = cli_env(**s3, XDG_CACHE_HOME=str(tmp_path / "cache"), XDG_DATA_HOME=str(tmp_path / "data"))
+    task = slow_task(tmp_path, 0.3, batches=10)  # about 3 s an evaluation
+    args = ("--poll-interval", "0.2", "--keep-best", "0")
+    staging = tmp_path / "cache" / "evaluator" / "staging" / f"s3_{bucket}_run"
+
+    def whole() -> set[str]:
+        return {d.split(".")[1] for d in os.listdir(staging) if (staging / d / remote.MANIFEST).exists()}
+
+    daemon = Daemon(url, db, *args, task=task, env=env).start()
+    try:
+        daemon.wait_ready()
+        sync_upload(fs, trained_dir, f"{bucket}/run", NAMES, pause=0)
+        wait_for(lambda: whole() >= {"ckpt-20", "ckpt-40", "ckpt-60"} if staging.exists() else False,
+                 timeout=60, message="all three staged")
+    finally:
+        daemon.stop(signal.SIGKILL)
+    recorded = {r["checkpoint"] for r in _rows(db, url)}
+    assert recorded < set(NAMES)  # killed with work left
+    fs.rm([f"{bucket}/run/{p.name}" for p in trained_dir.glob("model.ckpt-[24]0.*")
+           if fs.exists(f"{bucket}/run/{p.name}")])  # training went on while it was down
+    fs.pipe_file(f"{bucket}/run/checkpoint", b'model_checkpoint_path: "model.ckpt-60"\n')
+    again = Daemon(url, db, *args, task=task, env=env).start()
+    try:
+        adopted = again.wait_event("staged copies adopted from an earlier process")
+        rows = _wait_rows(again, db, url, len(NAMES))
+    finally:
+        assert again.stop() == 0
+    assert sorted((r["checkpoint"], r["status"]) for r in rows) == [(n, "ok") for n in NAMES]
+    assert set(adopted["checkpoints"]) >= set(NAMES) - recorded
     assert os.listdir(staging) == []
 
 

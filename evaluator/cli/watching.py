@@ -166,7 +166,8 @@ def watch(model_dirs: tuple[str, ...], roots: tuple[str, ...], depth: int, order
     (pip install 'evaluator[s3]' or 'evaluator[gcs]'; credentials and endpoints from the cloud's
     usual environment). Its objects are listed every --poll-interval; each complete checkpoint
     is downloaded into $XDG_CACHE_HOME/evaluator/staging (within --pin-budget) and evaluated from
-    there; summaries and the best kept go to local directories (the log says where).
+    there (a copy staged but not recorded is evaluated after a restart); summaries and the best
+    kept go to local directories (the log says where).
 
     Exit status: 0 stopped (or --once done); 2 configuration error (fix it); 3 --once left
     something unevaluated (failed rows, unreadable state file, listed files absent); 75 the

@@ -12,10 +12,15 @@ listings in a row. A complete checkpoint is downloaded into a local staging dire
 cannot take it), as soon as it is complete and has no row (`pin`: the listing thread stages it),
 restored from there, and removed once its row is recorded (`done`). The staged copies count
 against --pin-budget: past it, a checkpoint waits (a warning names the budget).
+
+A staged copy outlives a stop and a crash: a manifest written once its download is whole (the
+objects it came from) lets the next process on this machine adopt it (`pinned`), so a checkpoint
+staged but not recorded is evaluated after the restart even if training deleted its objects.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -48,6 +53,8 @@ _URL = re.compile(r"^(s3|gs|gcs)://([^/]*)(/.*)?$")
 OWN_OUTPUTS = ("eval", "export")
 #: Seconds before a checkpoint that could not be staged (budget, a failed download) is tried again.
 RETRY_STAGING = 5.0
+#: In a staged copy's directory, written last: the checkpoint and the objects it was downloaded from.
+MANIFEST = ".staged.json"
 _SHARD = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 
 
@@ -156,6 +163,11 @@ class Staging:
             self.used += size
             return True
 
+    def take(self, size: int) -> None:
+        """Count `size` bytes already on disk (copies adopted from an earlier process), budget or not."""
+        with self._lock:
+            self.used += size
+
     def free(self, size: int) -> None:
         with self._lock:
             self.used = max(0, self.used - size)
@@ -210,7 +222,6 @@ class RemoteDirectory:
         self.log = log.get(model_dir=self.location)
         self.staging = staging(pin_budget)
         self.stage_dir = os.path.join(self.staging.root, _key(self.location))
-        _sweep(self.stage_dir)
         self._lock = threading.Lock()
         #: The last two listings (name -> object): equal entries in both are stable.
         self._current: dict[str, Obj] | None = None
@@ -229,6 +240,7 @@ class RemoteDirectory:
         self._wanted: set[str] = set()
         self._staged: dict[str, Staged] = {}
         self._pin_lock = threading.RLock()
+        self._adopt_staged()
 
     # -- listing ----------------------------------------------------------------------------------
 
@@ -477,9 +489,9 @@ class RemoteDirectory:
             self.staging.free(staged.size)
 
     def pinned(self) -> list[Checkpoint]:
-        """None from an earlier process: its staged copies are removed at start (the objects are
-        still listed, or count as deleted)."""
-        return []
+        """The staged copies: this process's and those adopted from an earlier one at start."""
+        with self._pin_lock:
+            return sorted((self._checkpoint(name) for name in self._staged), key=checkpoints.by_step)
 
     def hold(self, ckpt: Checkpoint) -> Held:
         """Its staged copy (staged now if it is not yet), open; CheckpointDeferred when the budget
@@ -533,6 +545,7 @@ class RemoteDirectory:
             for name in names:
                 if os.path.getsize(os.path.join(directory, name)) != listing[name].size:
                     raise OSError(f"{name} changed while it was downloaded")
+            _write_manifest(directory, ckpt.name, {n: listing[n] for n in names})
         except Exception as err:  # noqa: BLE001 - deleted meanwhile, the network: the next look decides
             shutil.rmtree(directory, ignore_errors=True)
             self.staging.free(size)
@@ -541,6 +554,32 @@ class RemoteDirectory:
             raise CheckpointDeferred(f"{ckpt.name}: {first_line(err)}", RETRY_STAGING) from None
         staged = self._staged[ckpt.name] = Staged(directory, names, size, {n: listing[n] for n in names})
         return staged
+
+    def _adopt_staged(self) -> None:
+        """Take over the whole staged copies an earlier process left (renamed to this process, so
+        one process adopts each); remove its partial downloads and second copies."""
+        adopted = []
+        for entry in _left_by_the_dead(self.stage_dir):
+            old = os.path.join(self.stage_dir, entry)
+            found = _read_manifest(old)
+            if found is None or found[0] in self._staged:
+                shutil.rmtree(old, ignore_errors=True)
+                continue
+            name, objects = found
+            new = f"{old.rsplit('.', 1)[0]}.{os.getpid()}"
+            try:
+                os.rename(old, new)
+            except OSError:  # another process adopted it first
+                continue
+            size = sum(o.size for o in objects.values())
+            self.staging.take(size)
+            self._staged[name] = Staged(new, sorted(objects, key=lambda n: n.endswith(checkpoints.INDEX_SUFFIX)),
+                                        size, objects)
+            adopted.append(name)
+        if adopted:
+            self.log.info("staged copies adopted from an earlier process", count=len(adopted),
+                          checkpoints=sorted(adopted, key=lambda n: checkpoints.by_step(self._checkpoint(n))),
+                          staging=self.stage_dir)
 
     def _stage_wanted(self) -> None:
         """From the listing thread: stage what is wanted and has just become complete."""
@@ -569,16 +608,41 @@ class Staged:
     objects: dict[str, Obj]
 
 
-def _sweep(directory: str) -> None:
-    """Remove staged copies left by processes that are gone (killed before they could)."""
+def _write_manifest(directory: str, name: str, objects: dict[str, Obj]) -> None:
+    """The staged copy is whole: say of which checkpoint and objects (written last, atomically)."""
+    temporary = os.path.join(directory, MANIFEST + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump({"checkpoint": name, "objects": {n: [o.size, o.tag, o.mtime_ns] for n, o in objects.items()}},
+                  handle)
+    os.replace(temporary, os.path.join(directory, MANIFEST))
+
+
+def _read_manifest(directory: str) -> tuple[str, dict[str, Obj]] | None:
+    """The checkpoint and objects of a whole staged copy; None for a download cut short or damaged."""
     try:
-        entries = os.listdir(directory)
+        with open(os.path.join(directory, MANIFEST), encoding="utf-8") as handle:
+            data = json.load(handle)
+        objects = {str(n): Obj(size=int(v[0]), tag=str(v[1]), mtime_ns=int(v[2])) for n, v in data["objects"].items()}
+        name = str(data["checkpoint"])
+        whole = all(os.path.getsize(os.path.join(directory, n)) == o.size for n, o in objects.items())
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    return (name, objects) if whole and objects else None
+
+
+def _left_by_the_dead(directory: str) -> list[str]:
+    """The staged copies in `directory` whose process is gone (stopped, or killed before it could
+    remove them); those of a live process (another evaluator on this machine) are its own."""
+    try:
+        entries = sorted(os.listdir(directory))
     except OSError:
-        return
-    for name in entries:
-        pid = name.rsplit(".", 1)[-1]
+        return []
+    found = []
+    for entry in entries:
+        pid = entry.rsplit(".", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+            found.append(entry)
+    return found
 
 
 def _alive(pid: int) -> bool:
