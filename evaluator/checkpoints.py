@@ -61,6 +61,23 @@ def normalize_model_dir(path: str | os.PathLike[str]) -> str:
     return os.path.realpath(os.path.abspath(os.fspath(path)))
 
 
+def make_dirs(directory: str, model_dir: str) -> None:
+    """os.makedirs, except that within `model_dir` each level is made with mkdir from the model
+    directory down: FileNotFoundError once the model directory is gone, so the evaluator's outputs
+    and pins never bring back a model directory that training or its user removed."""
+    relative = os.path.relpath(directory, model_dir)
+    if relative == os.curdir or relative == os.pardir or relative.startswith(os.pardir + os.sep) or os.path.isabs(relative):
+        os.makedirs(directory, exist_ok=True)
+        return
+    path = model_dir
+    for part in relative.split(os.sep):
+        path = os.path.join(path, part)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass
+
+
 def is_weight_file(name: str) -> bool:
     return name.endswith(WEIGHT_SUFFIXES)
 

@@ -147,3 +147,15 @@ def test_anything_else_goes_to_tensorflows_parser(tmp_path: Path, text: str) -> 
             checkpoints.read_state(str(tmp_path))
         return
     assert checkpoints.read_state(str(tmp_path)) == expected
+
+
+def test_make_dirs_never_makes_a_removed_model_directory_again(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    with pytest.raises(FileNotFoundError):
+        checkpoints.make_dirs(str(model_dir / "export" / "best"), str(model_dir))
+    assert not model_dir.exists()
+    model_dir.mkdir()
+    checkpoints.make_dirs(str(model_dir / "export" / "best"), str(model_dir))
+    checkpoints.make_dirs(str(model_dir / "export" / "best"), str(model_dir))  # there already
+    checkpoints.make_dirs(str(tmp_path / "elsewhere" / "best"), str(model_dir))  # outside: made as os.makedirs
+    assert (model_dir / "export" / "best").is_dir() and (tmp_path / "elsewhere" / "best").is_dir()

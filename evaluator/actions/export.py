@@ -154,7 +154,7 @@ class BestExport:
                          exports={fmt: PENDING for fmt in self._exports()})
             kept.append(entry)
             entered.append(entry)
-        os.makedirs(self.directory, exist_ok=True)
+        checkpoints.make_dirs(self.directory, self.model_dir)
         kept = [self._export(entry, ours, at_start) for entry in kept]
         manifest = Manifest(ranking.metric, ranking.goal, kept, unavailable)
         _save(self.directory, manifest)
@@ -186,7 +186,7 @@ class BestExport:
 
     def _place(self, held: dict[str, Any]) -> list[str]:
         """Link (or copy) every file in, data before the index, each through a temporary name."""
-        os.makedirs(self.directory, exist_ok=True)
+        checkpoints.make_dirs(self.directory, self.model_dir)
         order = sorted(held, key=lambda name: name.endswith(checkpoints.INDEX_SUFFIX))
         for name in order:
             handle = held[name]

@@ -70,7 +70,7 @@ def build_actions(options: WatchOptions, model_dir: str, model: Any, log: Any, s
     if options.summaries:
         from evaluator.actions.summaries import Summaries
 
-        actions.append(Summaries(summary_dir(options, model_dir, several), log, shared))
+        actions.append(Summaries(summary_dir(options, model_dir, several), log, shared, model_dir))
     if options.keep_best > 0 and model.artifact is None:  # exported models stay where they are
         from evaluator.actions.export import BestExport
 

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from evaluator import checkpoints
 from evaluator.actions import Recorded, Shared
 from evaluator.errors import StoreWriteError
 from evaluator.evaluation import EXAMPLES, Evaluation, Status
@@ -71,8 +72,10 @@ class Summaries:
 
     name = "summaries"
 
-    def __init__(self, directory: str, log: Any, shared: Shared) -> None:
+    def __init__(self, directory: str, log: Any, shared: Shared, model_dir: str | None = None) -> None:
         self.directory = directory
+        #: The model directory, if `directory` may lie in it: it is not made again once removed.
+        self.model_dir = model_dir
         self.log = log
         self.shared = shared
         self._writer: Any = None
@@ -100,8 +103,8 @@ class Summaries:
             with self._exclusive():
                 for row in rows:
                     self._write(row, flush=False)
-        except StoreWriteError:
-            self._deferred = rows  # written with the next batch, or at close
+        except (StoreWriteError, FileNotFoundError):
+            self._deferred = rows  # written with the next batch, or at close (the database, or the model directory, back)
             raise
 
     def close(self) -> None:
@@ -142,7 +145,7 @@ class Summaries:
         import tensorflow as tf
 
         if self._writer is None:
-            os.makedirs(self.directory, exist_ok=True)
+            checkpoints.make_dirs(self.directory, self.model_dir or self.directory)
             self._writer = tf.summary.create_file_writer(self.directory)
         with self._writer.as_default(step=row.step):
             for tag, value in points.items():

@@ -102,7 +102,7 @@ class Pins:
         needed = sorted((p for p in sources if not p.endswith(META)), key=lambda p: p.endswith(checkpoints.INDEX_SUFFIX))
         if not needed:
             return False
-        os.makedirs(os.path.dirname(self.path(ckpt)), exist_ok=True)
+        checkpoints.make_dirs(os.path.dirname(self.path(ckpt)), self.model_dir)
         copies: dict[str, int] = {}
         for source in needed:
             placed = self._place(ckpt, source, copies)

@@ -91,6 +91,25 @@ def test_the_best_is_kept_even_after_training_deleted_it(tmp_path: Path, trained
     assert [(k.checkpoint, k.value) for k in restarted.kept] == [("model.ckpt-40", 0.9), ("model.ckpt-60", 0.8)]
 
 
+def test_a_removed_model_directory_is_not_made_again(tmp_path: Path, trained_dir: Path, store: Store) -> None:
+    """The model directory removed between a row and its keeping (the user's `rm -rf`): the default
+    MODEL_DIR/export/best is not made, so the directory stays gone (and `watch` says it is missing);
+    the next batch decides again."""
+    model_dir = copy_of(trained_dir, tmp_path)
+    action = exporter(model_dir / "export" / "best", model_dir, store)
+    one = recorded(store, row("model.ckpt-60", 60, 0.9, model_dir))
+    shutil.rmtree(model_dir)
+    with pytest.raises(FileNotFoundError):
+        action.after(one)
+    checkpoints.release(one.held)
+    assert not model_dir.exists()
+    shutil.copytree(trained_dir, model_dir)  # back
+    two = recorded(store, row("model.ckpt-20", 20, 0.5, model_dir))
+    action.after(two)  # cannot enter on its own merit; decided again because the last decision failed
+    checkpoints.release(two.held)
+    assert tf.train.latest_checkpoint(str(model_dir / "export" / "best")) == str(model_dir / "export" / "best" / "model.ckpt-60")
+
+
 def test_same_file_system_means_hard_links(tmp_path: Path, trained_dir: Path, store: Store) -> None:
     model_dir = copy_of(trained_dir, tmp_path)
     export = tmp_path / "export"

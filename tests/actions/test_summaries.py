@@ -107,3 +107,19 @@ def test_a_pool_writes_each_point_once(tmp_path: Path, shared: Store) -> None:
     assert points(tmp_path) == sorted((step, tag, value) for step, a in ((100, 0.5), (200, 0.75), (300, 0.875),
                                                                            (400, 0.9375))
                                       for tag, value in (("accuracy", a), ("loss", 1 - a)))
+
+
+def test_a_removed_model_directory_is_not_made_again(tmp_path: Path, shared: Store) -> None:
+    """The summary directory inside the model directory: once the model directory is removed, the
+    points wait (deferred) rather than make it again; they are written when it is back."""
+    model_dir = tmp_path / "model"
+    directory = model_dir / "eval"
+    summaries = Summaries(str(directory), structlog.get_logger(), shared, str(model_dir))
+    with pytest.raises(FileNotFoundError):
+        summaries.after(Recorded(row(100, 0.5), {}))
+    assert not model_dir.exists()
+    model_dir.mkdir()  # training started again
+    summaries.after(Recorded(row(200, 0.75), {}))
+    summaries.close()
+    assert [(s, t) for s, t, _ in points(directory)] == [(100, "accuracy"), (100, "loss"), (200, "accuracy"),
+                                                         (200, "loss")]
