@@ -124,6 +124,11 @@ class Abandoned(BaseException):
     """
 
 
+class Interrupted(BaseException):
+    """A stop request during start-up's long steps (TensorFlow's import, the model's build): they
+    hold nothing that needs a clean end, so they are cut short rather than waited for."""
+
+
 #: Lines TensorFlow wraps an op error's reason in ("Graph execution error:", where the op was
 #: defined, the node, the stack); they say nothing about what went wrong.
 _FRAMING = ("Graph execution error", "Detected at node", "Node: ", "File \"", "[[", "Original stack trace",

@@ -33,6 +33,7 @@ from evaluator.errors import (
     EXIT_OK,
     ConfigError,
     DatabaseError,
+    Interrupted,
     ModelDirError,
     SourceUnavailable,
     StateFileError,
@@ -130,10 +131,14 @@ class Service:
                       mode="once" if self.options.once else ("poll" if self.options.poll else "events"), **where)
         self._pin_early()
         log.quiet_tensorflow()
-        task = self._task()
-        if task is None:  # stopped while waiting for the graph
+        try:
+            with self.shutdown.interruptible():  # Ctrl-C does not wait for TensorFlow's import
+                task = self._task()
+                if task is None:  # stopped while waiting for the graph
+                    return
+                self.model = self._build(task)
+        except Interrupted:
             return
-        self.model = self._build(task)
         check_actions(self.options, self.model, self.directories, several=not self.single)
         self.store = Store.prepare(self.options.db_url, wait=self.options.db_wait, on_retry=self._db_retry)
         self.heartbeat = Heartbeat(self.store, self.owner, self.options.lease)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from evaluator.errors import Abandoned
+from evaluator.errors import Abandoned, Interrupted
 
 #: SIGHUP too: a closed terminal or a supervisor's hang-up stops it as cleanly as SIGTERM.
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -32,6 +32,8 @@ class Shutdown:
         self.event = threading.Event()
         self.signal_name: str | None = None
         self._deadline: float | None = None
+        #: Inside `interruptible`: a signal raises Interrupted as well.
+        self._interruptible = False
 
     @property
     def requested(self) -> bool:
@@ -54,6 +56,18 @@ class Shutdown:
         return self.event.wait(max(0.0, seconds))
 
     @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Inside the block a stop request (one already made too) raises Interrupted in the main
+        thread at once: for steps that hold nothing to clean up, which a Ctrl-C should not wait for."""
+        if self.requested:
+            raise Interrupted(self.signal_name)
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
+    @contextmanager
     def handling_signals(self, on_signal: Callable[[], None], *, until_exit: bool = False) -> Iterator[None]:
         """Turn SIGTERM, SIGINT and SIGHUP into requests (and call `on_signal`) while inside the block;
         with `until_exit` (the process ends with the block), ignore them after it instead of restoring
@@ -63,6 +77,9 @@ class Shutdown:
         def handler(signum: int, frame: FrameType | None) -> None:
             self.request(signal.Signals(signum).name)
             on_signal()
+            if self._interruptible:
+                self._interruptible = False
+                raise Interrupted(signal.Signals(signum).name)
 
         previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
         try:

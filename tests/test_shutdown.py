@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from evaluator.errors import Abandoned
+from evaluator.errors import Abandoned, Interrupted
 from evaluator.shutdown import Shutdown
 
 
@@ -49,3 +49,20 @@ def test_real_signals_become_requests() -> None:
         assert shutdown.wait(2)
     assert shutdown.signal_name == "SIGTERM" and woken == [True]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_signal_cuts_an_interruptible_step_short() -> None:
+    """Start-up's long steps (TensorFlow's import, the build) are cut short by a signal, not waited for;
+    outside them a signal is a request only, and one made before the step cuts it short at entry."""
+    shutdown = Shutdown(grace=5)
+    with shutdown.handling_signals(on_signal=lambda: None):
+        with pytest.raises(Interrupted):
+            with shutdown.interruptible():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the import: never finished
+                pytest.fail("not interrupted")
+        assert shutdown.requested and shutdown.signal_name == "SIGINT"
+        os.kill(os.getpid(), signal.SIGTERM)  # after the step: a request, no exception
+        with pytest.raises(Interrupted):
+            with shutdown.interruptible():
+                pytest.fail("entered after a stop request")

@@ -82,3 +82,18 @@ def test_restart_resumes_without_duplicates(tmp_path: Path, db: Path, daemons: l
     assert len(read_rows(db)) == 5
     assert not [e for e in second.events() if e["event"] == "evaluated" and e["checkpoint"] in
                 {r["checkpoint"] for r in before}]
+
+
+def test_ctrl_c_during_start_up_does_not_wait_for_it(tmp_path: Path, db: Path, daemons: list[Daemon]) -> None:
+    """Ctrl-C while TensorFlow loads: the start is cut short (no model built, no database made), and
+    the process ends cleanly, `stopping` then `stopped`, exit 0 (it used to finish the start first)."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    daemon = Daemon(model_dir, db).start()
+    daemons.append(daemon)
+    daemon.wait_event("starting")
+    daemon.send(signal.SIGINT)
+    assert daemon.stop(timeout=30) == 0
+    events = [e["event"] for e in daemon.events() if e.get("logger") == "evaluator"]
+    assert events[-2:] == ["stopping", "stopped"] and "evaluation model built" not in events, events
+    assert not db.exists() and "Traceback" not in daemon.log_text()
