@@ -85,7 +85,9 @@ class Run:
         return present, appeared
 
     def stop(self) -> None:
+        """Stop watching; say what stays pinned (a stop lets no pin go: the next start evaluates them)."""
         self.source.stop()
+        say_pinned(self.source, self.log)
 
     # -- what is pending -----------------------------------------------------------------------
 
@@ -166,3 +168,11 @@ class Run:
             return
         self.said_waiting = True
         self.log.info("no checkpoints yet", waiting_for=self.source.waiting_for())
+
+
+def say_pinned(source: Source, logger: Any) -> None:
+    """At a stop: what stays pinned for the next start (which evaluates those without a row)."""
+    left = source.pinned()
+    if left:
+        logger.info("checkpoints stay pinned for the next start", count=len(left), first=left[0].name,
+                    last=left[-1].name)

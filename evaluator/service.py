@@ -42,7 +42,7 @@ from evaluator.errors import (
 )
 from evaluator.notify import Notifier
 from evaluator.options import WatchOptions
-from evaluator.runs import Run
+from evaluator.runs import Run, say_pinned
 from evaluator.sources import Source, discover, is_remote, normalize, open_source, watch_root
 from evaluator.sources.pins import Pins
 from evaluator.shutdown import Shutdown
@@ -366,10 +366,12 @@ class Service:
         self.notifier.stopping()
         for watcher in self._root_watchers.values():
             watcher.stop()
-        for source in self._early_sources.values():  # pinned, but no run took them: the start failed
+        for source in self._early_sources.values():  # pinned, but no run took them: the start failed or was stopped
             source.stop()
-            if source.pins is not None:  # type: ignore[attr-defined]
-                source.pins.release_made()  # type: ignore[attr-defined]
+            if self.shutdown.requested:
+                say_pinned(source, self.log.bind(model_dir=source.location))
+            elif source.pins is not None:  # type: ignore[attr-defined]
+                source.pins.release_made()  # type: ignore[attr-defined]  # bad input leaves nothing behind
         for run in self.runs.values():
             run.stop()
         if self.heartbeat is not None:

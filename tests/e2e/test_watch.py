@@ -7,6 +7,7 @@ faster than evaluation, deleting with max_to_keep, is scenario 2a of the fault s
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -84,16 +85,29 @@ def test_restart_resumes_without_duplicates(tmp_path: Path, db: Path, daemons: l
                 {r["checkpoint"] for r in before}]
 
 
-def test_ctrl_c_during_start_up_does_not_wait_for_it(tmp_path: Path, db: Path, daemons: list[Daemon]) -> None:
+def test_ctrl_c_during_start_up_does_not_wait_for_it(tmp_path: Path, trained_dir: Path, db: Path,
+                                                     daemons: list[Daemon]) -> None:
     """Ctrl-C while TensorFlow loads: the start is cut short (no model built, no database made), and
-    the process ends cleanly, `stopping` then `stopped`, exit 0 (it used to finish the start first)."""
+    the process ends cleanly (`stopping`, what stays pinned, `stopped`; exit 0; it used to finish the start first).
+    What it pinned before TensorFlow loaded stays pinned: deleted by training meanwhile, those
+    checkpoints are evaluated at the next start."""
     model_dir = tmp_path / "model"
-    model_dir.mkdir()
+    shutil.copytree(trained_dir, model_dir)
     daemon = Daemon(model_dir, db).start()
     daemons.append(daemon)
     daemon.wait_event("starting")
     daemon.send(signal.SIGINT)
     assert daemon.stop(timeout=30) == 0
     events = [e["event"] for e in daemon.events() if e.get("logger") == "evaluator"]
-    assert events[-2:] == ["stopping", "stopped"] and "evaluation model built" not in events, events
+    assert events == ["starting", "stopping", "checkpoints stay pinned for the next start", "stopped"], events
     assert not db.exists() and "Traceback" not in daemon.log_text()
+    pinned = sorted(p.name for p in (model_dir / ".evaluator" / "pins" / "default").glob("*.index"))
+    assert pinned == ["model.ckpt-20.index", "model.ckpt-40.index", "model.ckpt-60.index"]
+    said = next(e for e in daemon.events() if e["event"] == "checkpoints stay pinned for the next start")
+    assert (said["count"], said["first"], said["last"]) == (3, "model.ckpt-20", "model.ckpt-60")
+    for path in model_dir.glob("model.ckpt-[24]0.*"):
+        path.unlink()  # training's max_to_keep while the evaluator was down
+    result = run_cli("watch", str(model_dir), "--db", sqlite_url(db), "--task", DIGITS_TASK, "--once")
+    assert result.returncode == 0, result.stderr
+    assert [(r["checkpoint"], r["status"]) for r in read_rows(db)] == [
+        ("model.ckpt-20", "ok"), ("model.ckpt-40", "ok"), ("model.ckpt-60", "ok")]
