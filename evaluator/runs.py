@@ -147,7 +147,9 @@ class Run:
             self._on_new()
         if len(new) <= DETAIL_LINES:
             for ckpt in new:
-                self.log.info("checkpoint detected", checkpoint=ckpt.name, step=ckpt.name_step, source=source)
+                # The name's number only: the row's step is the global step read at restore.
+                self.log.info("checkpoint detected", checkpoint=ckpt.name, name_step=ckpt.name_step,
+                              source=source)
         else:
             self.log.info("checkpoints detected", count=len(new), first=new[0].name, last=new[-1].name,
                           source=source)

@@ -134,8 +134,9 @@ def test_configuration_errors(tmp_path: Path, model_dir: Path, db: Path, logs: i
     assert read_rows(db) == []
 
 
-def train_with_checkpoint_manager(model_dir: Path, saves: tuple[int, ...]) -> None:
-    """The digits network with EMA, saved by tf.train.CheckpointManager (object-based, relative paths)."""
+def train_with_checkpoint_manager(model_dir: Path, saves: tuple[int, ...], numbered: bool = True) -> None:
+    """The digits network with EMA, saved by tf.train.CheckpointManager (object-based, relative paths);
+    not `numbered`, the names count saves (ckpt-1, ckpt-2…) as the manager's own counter does."""
     import sys
 
     import numpy as np
@@ -167,7 +168,7 @@ def train_with_checkpoint_manager(model_dir: Path, saves: tuple[int, ...]) -> No
                 batch = rng.integers(0, len(labels), 64)
                 session.run(train_op, {x: images[batch], y: labels[batch]})
                 if number in saves:
-                    manager.save(checkpoint_number=number)
+                    manager.save(checkpoint_number=number if numbered else None)
 
 
 def test_a_checkpoint_manager_directory(tmp_path: Path, db: Path, logs: io.StringIO) -> None:
@@ -178,6 +179,21 @@ def test_a_checkpoint_manager_directory(tmp_path: Path, db: Path, logs: io.Strin
     rows = read_rows(db)
     assert [(r["checkpoint"], r["step"], r["status"], r["ema_source"]) for r in rows] == [
         ("ckpt-10", 10, "ok", "tf1-names"), ("ckpt-20", 20, "ok", "tf1-names"), ("ckpt-30", 30, "ok", "tf1-names")]
+
+
+def test_the_log_does_not_take_a_name_for_the_step(tmp_path: Path, db: Path, logs: io.StringIO) -> None:
+    """Names counting saves (ckpt-1…) while the global step is 10, 20, 30: the rows and the
+    `evaluated` lines carry the global step; the `detected` lines call the name's number name_step."""
+    model_dir = tmp_path / "managed"
+    train_with_checkpoint_manager(model_dir, saves=(10, 20, 30), numbered=False)
+    once(model_dir, db)
+    assert [(r["checkpoint"], r["step"]) for r in read_rows(db)] == [("ckpt-1", 10), ("ckpt-2", 20), ("ckpt-3", 30)]
+    said = events(logs)
+    detected = [(e["checkpoint"], e["name_step"]) for e in said if e["event"] == "checkpoint detected"]
+    assert detected == [("ckpt-1", 1), ("ckpt-2", 2), ("ckpt-3", 3)]
+    assert not any("step" in e for e in said if e["event"] == "checkpoint detected")
+    assert [(e["checkpoint"], e["step"]) for e in said if e["event"] == "evaluated"] == [
+        ("ckpt-1", 10), ("ckpt-2", 20), ("ckpt-3", 30)]
 
 
 def test_the_log_says_only_what_this_evaluator_recorded(model_dir: Path, db: Path, logs: io.StringIO,
